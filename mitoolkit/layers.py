@@ -540,9 +540,12 @@ def _forward_checked(model: nn.Module, x: torch.Tensor) -> Any:
     """The first forward pass: a failure there is reported as an input-shape mismatch."""
     expected = getattr(model, "input_shape", None)
     if expected is not None and tuple(x.shape[1:]) != tuple(expected):
+        hint = ""
+        if tuple(x.shape) == tuple(expected):
+            hint = " It looks like one sample without its batch dimension: use x.unsqueeze(0)."
         raise ValueError(
             f"{type(model).__name__} expects inputs of shape {_expected_input(model)}; received "
-            f"inputs of shape {_batch_shape(x)}."
+            f"inputs of shape {_batch_shape(x)}.{hint}"
         )
     try:
         return model(x)
