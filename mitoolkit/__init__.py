@@ -1,5 +1,27 @@
-"""mitoolkit: mutual information inside trained neural networks (MINE + dimensionality reducers)."""
+"""mitoolkit: mutual information inside trained neural networks (MINE + dimensionality reducers).
+
+>>> from mitoolkit import estimate_mi, synthetic
+>>> x, y, true_mi = synthetic.correlated_gaussian(5000, d=1, rho=0.9)
+>>> result = estimate_mi(x, y)          # result.mi in nats, result.ci95, result.flags
+"""
+from mitoolkit import synthetic
+from mitoolkit.callbacks import Callback, ProgressBar, RunInfo, StopAfter
 from mitoolkit.devices import resolve_device
+from mitoolkit.mine import estimate_mi
+from mitoolkit.reducers import make_reducer
+from mitoolkit.results import History, MIResult
 
 __version__ = "0.1.0"
-__all__ = ["resolve_device", "__version__"]
+__all__ = [
+    "estimate_mi",
+    "MIResult",
+    "History",
+    "Callback",
+    "ProgressBar",
+    "RunInfo",
+    "StopAfter",
+    "make_reducer",
+    "resolve_device",
+    "synthetic",
+    "__version__",
+]
