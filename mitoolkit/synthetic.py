@@ -17,6 +17,11 @@ __all__ = [
     "uniform_noise_channel",
     "cubic_gaussian",
     "independent",
+    "dense_image",
+    "dense_image_mi",
+    "spatial_image",
+    "blob_positions",
+    "blob_images",
 ]
 
 Task = tuple[np.ndarray, np.ndarray, float]
@@ -155,3 +160,249 @@ def independent(n: int, *, d: int = 10, seed: int = 0) -> Task:
     x = rng.standard_normal((n, d)).astype(np.float32)
     y = rng.standard_normal((n, d)).astype(np.float32)
     return x, y, 0.0
+
+
+# --------------------------------------------------------------------------- known-MI images
+#
+# A low-dimensional correlated Gaussian pair (z, y) with z, y of shape (N, d) and corr(z_j, y_j) = rho
+# is drawn; y is returned as is and z is written into images (N, C, H, W). An injective map of z
+# keeps I(X; Y) = I(Z; Y) exactly; a Gaussian linear channel has a closed-form MI.
+
+_BLOB_LEVELS = 2**16  # blob intensities are multiples of 1/_BLOB_LEVELS (see spatial_image)
+
+
+def _check_rho(rho: float) -> None:
+    if not -1.0 < rho < 1.0:
+        raise ValueError(f"rho must lie strictly between -1 and 1; received {rho!r}.")
+
+
+def _latent_pair(rng: np.random.Generator, n: int, d: int, rho: float) -> tuple[np.ndarray, np.ndarray]:
+    """(z, y), each (N, d) float64, with corr(z_j, y_j) = rho and independent coordinates."""
+    z = rng.standard_normal((n, d))
+    y = rho * z + math.sqrt(1.0 - rho**2) * rng.standard_normal((n, d))
+    return z, y
+
+
+def _check_shape(shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    if len(shape) != 3:
+        raise ValueError(f"shape must be (C, H, W), three positive integers; received {shape!r}.")
+    for name, value in zip(("C", "H", "W"), shape):
+        _check_positive_int(f"shape's {name}", value)
+    return tuple(int(s) for s in shape)  # type: ignore[return-value]
+
+
+def dense_image_mi(embedding: np.ndarray, *, rho: float, noise: float) -> float:
+    """Exact I(X; Y) in nats for X = embedding @ z + noise * e, Y = rho z + sqrt(1 - rho^2) n.
+
+    z, e, n are independent standard normals; z and y are (d,), X is (D,). The statistic
+    ``A^T X`` is sufficient for z, so the MI equals that of the d-dimensional pair
+    (u, y) with u = z + noise (A^T A)^{-1} A^T e: ``Cov(u) = I + noise^2 (A^T A)^{-1}``,
+    ``Cov(u, y) = rho I``, ``Cov(y) = I``.
+
+    Parameters
+    ----------
+    embedding : ndarray of shape (D, d)
+        The matrix A, of full column rank d.
+    rho : float
+        Correlation of each (z_j, y_j) pair.
+    noise : float
+        Standard deviation of the independent pixel noise (>= 0).
+
+    Returns
+    -------
+    float
+        I(X; Y) in nats; ``-d/2 ln(1 - rho^2)`` when ``noise == 0``.
+    """
+    a = np.asarray(embedding, dtype=np.float64)
+    d = a.shape[1]
+    gram = a.T @ a
+    cov = np.zeros((2 * d, 2 * d))
+    cov[:d, :d] = np.eye(d) + noise**2 * np.linalg.inv(gram)
+    cov[:d, d:] = rho * np.eye(d)
+    cov[d:, :d] = rho * np.eye(d)
+    cov[d:, d:] = np.eye(d)
+    return gaussian_mi(cov, d)
+
+
+def dense_image(
+    n: int,
+    *,
+    d: int = 2,
+    rho: float = 0.8,
+    shape: tuple[int, int, int] = (4, 8, 8),
+    noise: float = 0.1,
+    seed: int = 0,
+) -> Task:
+    """Images in which every pixel mixes the latents: x = reshape(A z) + noise, y the partner of z.
+
+    A is a fixed random (C*H*W, d) matrix with N(0, 1/d) entries (so each noiseless pixel has
+    variance about 1), drawn from ``seed`` before the samples, so it does not depend on ``n``. The
+    signal lies in a d-dimensional subspace that the top d principal components recover: PCA with
+    ``n_components >= d`` loses (almost) nothing. Global average pooling keeps C linear mixtures
+    of z (all of it when C >= d, up to the averaged noise).
+
+    Parameters
+    ----------
+    n : int
+        Number of samples N.
+    d : int
+        Latent dimension (coordinate pairs); at most C*H*W.
+    rho : float
+        Correlation of each latent pair, in (-1, 1).
+    shape : (C, H, W)
+        Image shape.
+    noise : float
+        Standard deviation of independent Gaussian pixel noise (>= 0). The true MI accounts for
+        it exactly (:func:`dense_image_mi`); with ``noise=0`` the map is injective and the MI is
+        ``-d/2 ln(1 - rho^2)``.
+    seed : int
+        Seed of the generator (embedding and samples).
+
+    Returns
+    -------
+    x : ndarray (N, C, H, W), float32
+    y : ndarray (N, d), float32
+    true_mi : float
+        I(X; Y) in nats.
+    """
+    _check_positive_int("n", n)
+    _check_positive_int("d", d)
+    _check_rho(rho)
+    shape = _check_shape(shape)
+    pixels = shape[0] * shape[1] * shape[2]
+    if d > pixels:
+        raise ValueError(
+            f"d must be at most C*H*W = {pixels} for shape={shape} (the embedding must be "
+            f"injective); received d={d}. Use a larger shape or a smaller d."
+        )
+    if not noise >= 0.0 or not math.isfinite(noise):
+        raise ValueError(f"noise must be a finite standard deviation >= 0; received {noise!r}.")
+    rng = np.random.default_rng(seed)
+    embedding = rng.standard_normal((pixels, d)) / math.sqrt(d)
+    if np.linalg.matrix_rank(embedding) < d:  # probability zero; checked, not assumed
+        raise RuntimeError(f"the random embedding for seed={seed} is rank-deficient; use another seed.")
+    z, y = _latent_pair(rng, n, d, rho)
+    x = z @ embedding.T
+    if noise > 0.0:
+        x = x + noise * rng.standard_normal(x.shape)
+    true_mi = dense_image_mi(embedding, rho=rho, noise=noise)
+    return x.reshape(n, *shape).astype(np.float32), y.astype(np.float32), true_mi
+
+
+def blob_positions(z: np.ndarray, *, size: int) -> np.ndarray:
+    """Pixel coordinates of the blobs: ``(size - 1)/2 + (size/2 - 1.5) tanh(z / 2)``.
+
+    A strictly increasing map of each latent into the open interval (1, size - 2) (pixels from the
+    border), so the blob never touches the edge. Same shape as ``z``.
+    """
+    centre = (size - 1) / 2.0
+    half_range = size / 2.0 - 1.5
+    return centre + half_range * np.tanh(np.asarray(z, dtype=np.float64) / 2.0)
+
+
+def spatial_image(
+    n: int,
+    *,
+    d: int = 2,
+    rho: float = 0.8,
+    size: int = 8,
+    width: float = 1.0,
+    seed: int = 0,
+) -> Task:
+    """Images where each latent sets *where* a blob sits: global average pooling keeps nothing.
+
+    Channel k (k = 0 .. ceil(d/2) - 1) holds one Gaussian blob of standard deviation ``width``
+    pixels; latent 2k sets its row and latent 2k + 1 its column (an odd d leaves the last blob on
+    the middle column), through the strictly increasing :func:`blob_positions` (rendered by
+    :func:`blob_images`). A blob's row (column) is recoverable from the image, e.g. from the
+    log-ratio of the two brightest entries of its row (column) profile, so the map is injective
+    and ``I(X; Y) = I(Z; Y) = -d/2 ln(1 - rho^2)``.
+
+    Every channel has the same total intensity, exactly: intensities are multiples of 2^-16 whose
+    sum is 1 per channel (one pixel absorbs the rounding), so float32 sums are exact and the
+    channel mean is the constant 1/size^2. GAP-MINE therefore sees constant features and the MI
+    left after pooling is 0: the data-processing inequality at its most visible. The rounding to
+    2^-16 blurs z by about 1e-3 at most (the map is injective up to that resolution), which
+    changes the MI by far less than 1e-4 nats.
+
+    Parameters
+    ----------
+    n : int
+        Number of samples N.
+    d : int
+        Latent dimension (coordinate pairs).
+    rho : float
+        Correlation of each latent pair, in (-1, 1).
+    size : int
+        Height and width H = W of the images (>= 5).
+    width : float
+        Standard deviation of the blobs in pixels, in [0.5, size / 4].
+    seed : int
+        Seed of the generator.
+
+    Returns
+    -------
+    x : ndarray (N, ceil(d/2), size, size), float32
+        Non-negative intensities; each channel sums to 1.
+    y : ndarray (N, d), float32
+    true_mi : float
+        ``-d/2 ln(1 - rho^2)`` nats.
+    """
+    _check_positive_int("n", n)
+    _check_positive_int("d", d)
+    _check_rho(rho)
+    _check_positive_int("size", size)
+    if size < 5:
+        raise ValueError(f"size must be at least 5 pixels (room for a blob to move); received {size}.")
+    if not 0.5 <= width <= size / 4.0:
+        raise ValueError(
+            f"width must lie in [0.5, size/4 = {size / 4.0}] pixels (a narrower blob falls between "
+            f"pixels, a wider one is cut by the border); received {width!r}."
+        )
+    rng = np.random.default_rng(seed)
+    z, y = _latent_pair(rng, n, d, rho)
+    x = blob_images(z, size=size, width=width)
+    return x, y.astype(np.float32), -0.5 * d * math.log(1.0 - rho**2)
+
+
+def blob_images(z: np.ndarray, *, size: int = 8, width: float = 1.0) -> np.ndarray:
+    """Render latents as blob positions, the map behind :func:`spatial_image`.
+
+    Parameters
+    ----------
+    z : ndarray of shape (N, d)
+        Latents; 2k and 2k + 1 set the row and the column of the blob in channel k.
+    size : int
+        Height and width of the images (pixels).
+    width : float
+        Standard deviation of the blobs (pixels).
+
+    Returns
+    -------
+    ndarray of shape (N, ceil(d/2), size, size), float32
+        Non-negative intensities, multiples of 2^-16, each channel summing to exactly 1.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    if z.ndim != 2:
+        raise ValueError(f"z must have shape (N, d); received shape {z.shape}.")
+    n, d = z.shape
+    channels = (d + 1) // 2
+    rows_cols = np.full((n, 2 * channels), (size - 1) / 2.0)
+    rows_cols[:, :d] = blob_positions(z, size=size)
+    grid = np.arange(size, dtype=np.float64)
+    rows = np.exp(-0.5 * ((grid - rows_cols[:, 0::2, None]) / width) ** 2)  # (N, channels, H)
+    cols = np.exp(-0.5 * ((grid - rows_cols[:, 1::2, None]) / width) ** 2)  # (N, channels, W)
+    return _quantize_to_unit_sum(rows[..., :, None] * cols[..., None, :]).astype(np.float32)
+
+
+def _quantize_to_unit_sum(maps: np.ndarray) -> np.ndarray:
+    """Scale each (H, W) map of (N, C, H, W) to sum 1, in exact multiples of 1/_BLOB_LEVELS."""
+    flat = maps.reshape(maps.shape[0], maps.shape[1], -1)
+    levels = np.rint(flat / flat.sum(axis=-1, keepdims=True) * _BLOB_LEVELS)
+    shortfall = _BLOB_LEVELS - levels.sum(axis=-1)  # a few levels at most
+    brightest = levels.argmax(axis=-1)
+    np.put_along_axis(
+        levels, brightest[..., None],
+        np.take_along_axis(levels, brightest[..., None], axis=-1) + shortfall[..., None], axis=-1,
+    )
+    return (levels / _BLOB_LEVELS).reshape(maps.shape)
