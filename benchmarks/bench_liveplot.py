@@ -9,8 +9,11 @@ three arms, interleaved and repeated:
 * ``liveplot``: :class:`mitoolkit.widgets.LivePlot` at its default rate.
 
 Training speed is steps per second between ``on_start`` and ``on_end`` (setup and the final test
-evaluation, identical in every arm, are left out). The ratio liveplot / plain is the cost of the
-live plot; the median over repeats is reported.
+evaluation, identical in every arm, are left out), by the wall clock and by the CPU time of the
+training thread (less disturbed by other processes on a shared machine). The ratio liveplot / plain
+is the cost of the live plot; the median over repeats is reported. The time spent inside
+LivePlot's own hooks, as a share of the training time, is measured directly as well: it does not
+depend on how busy the machine is.
 
 ``--kernel`` runs the measurement inside a Jupyter kernel (started with jupyter_client), where the
 FigureWidget has a comm and each update is really serialized and sent, as in a notebook.
@@ -39,10 +42,33 @@ def measure(steps: int, repeats: int, threads: int, device: str, n: int, dim: in
 
     class Timer(Callback):
         def on_start(self, info):
-            self.t0 = time.perf_counter()
+            self.t0, self.c0 = time.perf_counter(), time.thread_time()
 
         def on_end(self, result):
-            self.rate = result.history.last_step / (time.perf_counter() - self.t0)
+            steps = result.history.last_step
+            self.wall = time.perf_counter() - self.t0
+            self.rate = steps / self.wall
+            self.cpu_rate = steps / (time.thread_time() - self.c0)
+
+    class TimedLivePlot(LivePlot):
+        """LivePlot that adds up the wall time spent in its hooks."""
+
+        inside = 0.0
+
+        def on_step(self, step, train_bound):
+            t0 = time.perf_counter()
+            super().on_step(step, train_bound)
+            self.inside += time.perf_counter() - t0
+
+        def on_eval(self, step, heldout):
+            t0 = time.perf_counter()
+            super().on_eval(step, heldout)
+            self.inside += time.perf_counter() - t0
+
+        def on_end(self, result):
+            t0 = time.perf_counter()
+            super().on_end(result)
+            self.inside += time.perf_counter() - t0
 
     class NoOp(Callback):
         def on_step(self, step, train_bound):
@@ -55,34 +81,45 @@ def measure(steps: int, repeats: int, threads: int, device: str, n: int, dim: in
     estimate_mi(x, y, **{**options, "max_steps": 20})  # warm-up: allocations, lazy imports
     LivePlot()  # the first FigureWidget pays a one-off import/setup cost
     rates: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    cpu_rates: dict[str, list[float]] = {arm: [] for arm in ARMS}
     flushes: list[int] = []
+    hook_share: list[float] = []
     for _ in range(repeats):
         for arm in ARMS:
             timer = Timer()
-            extra = {"plain": [], "noop": [NoOp()], "liveplot": [LivePlot()]}[arm]
+            extra = {"plain": [], "noop": [NoOp()], "liveplot": [TimedLivePlot()]}[arm]
             estimate_mi(x, y, callbacks=[timer, *extra], **options)
             rates[arm].append(timer.rate)
+            cpu_rates[arm].append(timer.cpu_rate)
             if arm == "liveplot":
                 flushes.append(extra[0].flushes)
-    return {"rates": rates, "flushes": flushes, "threads": torch.get_num_threads(),
-            "device": str(device), "steps": steps, "n": n, "dim": dim}
+                hook_share.append(extra[0].inside / timer.wall)
+    return {"rates": rates, "cpu_rates": cpu_rates, "flushes": flushes, "hook_share": hook_share,
+            "threads": torch.get_num_threads(), "device": str(device), "steps": steps, "n": n,
+            "dim": dim}
 
 
 def report(data: dict) -> str:
-    rates = data["rates"]
     lines = [
         f"MINE, N={data['n']}, d={data['dim']}, {data['steps']} steps per run, device {data['device']}, "
-        f"{data['threads']} torch thread(s), {len(rates['plain'])} interleaved repeats",
+        f"{data['threads']} torch thread(s), {len(data['rates']['plain'])} interleaved repeats",
     ]
-    for arm in ARMS:
-        values = ", ".join(f"{r:.1f}" for r in rates[arm])
-        lines.append(f"  {arm:9s} steps/s: median {statistics.median(rates[arm]):7.1f}   ({values})")
-    for arm in ("noop", "liveplot"):
-        ratios = [a / b for a, b in zip(rates[arm], rates["plain"])]
-        lines.append(
-            f"  {arm}/plain speed ratio: median {statistics.median(ratios):.3f} "
-            f"(per repeat {', '.join(f'{r:.3f}' for r in ratios)})"
-        )
+    for key, clock in (("rates", "wall"), ("cpu_rates", "CPU")):
+        rates = data[key]
+        for arm in ARMS:
+            values = ", ".join(f"{r:.1f}" for r in rates[arm])
+            lines.append(f"  {arm:9s} steps/s ({clock:4s}): median {statistics.median(rates[arm]):7.1f}   ({values})")
+        for arm in ("noop", "liveplot"):
+            ratios = [a / b for a, b in zip(rates[arm], rates["plain"])]
+            lines.append(
+                f"  {arm}/plain speed ratio ({clock}): median {statistics.median(ratios):.3f} "
+                f"(per repeat {', '.join(f'{r:.3f}' for r in ratios)})"
+            )
+    shares = data["hook_share"]
+    lines.append(
+        f"  time inside LivePlot hooks: median {statistics.median(shares):.2%} of training "
+        f"(per repeat {', '.join(f'{s:.2%}' for s in shares)})"
+    )
     lines.append(f"  figure updates per liveplot run: {data['flushes']}")
     return "\n".join(lines)
 

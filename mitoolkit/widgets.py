@@ -3,8 +3,9 @@
 :class:`LivePlot` is a :class:`~mitoolkit.callbacks.Callback` that draws a run in a plotly
 ``FigureWidget``: the training bound at each step, the held-out estimate at each evaluation, the
 ceiling ln N and, when known, the true MI as horizontal lines, and the final estimate with its 95 %
-interval when the run ends. Updates are buffered and sent at most ``max_rate_hz`` times a second
-inside ``batch_update()``, so drawing costs training only a few per cent at most.
+interval when the run ends. Updates are buffered and sent inside ``batch_update()`` at most
+``max_rate_hz`` times a second, and spaced so that drawing takes at most ``max_overhead`` (2 %) of
+the training time.
 
 :class:`MIExplorer` is an ipywidgets app: choose a dataset, model, layer, reducer and target, press
 Run, and watch the estimate converge; Stop ends the run and keeps what it learned. Estimation runs
@@ -100,8 +101,10 @@ class LivePlot(Callback):
     label : str, optional
         Name of the run in the legend; default the run's ``label``, else "run <k>".
     max_rate_hz : float
-        Most figure updates per second while training (each costs a few milliseconds);
-        the end of a run is always drawn.
+        Most figure updates per second while training; the end of a run is always drawn.
+    max_overhead : float
+        Largest share of the training time spent updating the figure: after an update that took
+        t seconds, the next waits at least t / max_overhead (slow front-ends, big figures).
     max_points : int
         Most points of the training-bound trace; longer runs are shown with every k-th step.
     show_train : bool
@@ -125,6 +128,7 @@ class LivePlot(Callback):
         true_mi: float | None = None,
         label: str | None = None,
         max_rate_hz: float = 4.0,
+        max_overhead: float = 0.02,
         max_points: int = 1000,
         show_train: bool = True,
         reference_lines: Mapping[str, float] | None = None,
@@ -136,12 +140,15 @@ class LivePlot(Callback):
             )
         if not max_rate_hz > 0:
             raise ValueError(f"max_rate_hz must be positive; received {max_rate_hz!r}.")
+        if not 0 < max_overhead <= 1:
+            raise ValueError(f"max_overhead must be in (0, 1]; received {max_overhead!r}.")
         if not isinstance(max_points, int) or max_points < 2:
             raise ValueError(f"max_points must be an integer of at least 2; received {max_points!r}.")
         self.figure = fig if fig is not None else new_figure()
         self.true_mi = true_mi
         self.label = label
         self.max_rate_hz = float(max_rate_hz)
+        self.max_overhead = float(max_overhead)
         self.max_points = max_points
         self.show_train = show_train
         self.reference_lines = dict(reference_lines or {})
@@ -159,6 +166,7 @@ class LivePlot(Callback):
 
     def on_start(self, info: RunInfo) -> None:
         self._reset_buffers()
+        self._interval = 1.0 / self.max_rate_hz
         self.status = "running"
         run = self._count_runs()
         self._run_label = self.label or info.label or f"run {run + 1}"
@@ -226,7 +234,7 @@ class LivePlot(Callback):
 
     def _flush(self, *, batch: bool = True) -> None:
         """Send the buffered points to the figure (decimating the training bound)."""
-        self._last_flush = time.perf_counter()
+        started = time.perf_counter()
         self.flushes += 1
         steps, values = _decimate(self._steps, self._train, self.max_points)
         if batch:
@@ -235,6 +243,8 @@ class LivePlot(Callback):
         else:
             self._write(steps, values)
         self._last_flush = time.perf_counter()
+        cost = self._last_flush - started
+        self._interval = max(1.0 / self.max_rate_hz, cost / self.max_overhead)
 
     def _write(self, steps: list[int], values: list[float]) -> None:
         if self._train_trace is not None:

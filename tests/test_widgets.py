@@ -208,6 +208,17 @@ def test_gap_on_a_flat_layer_is_explained_in_the_app(explorer):
     assert not explorer.run_button.disabled and explorer.stop_button.disabled and not explorer.results
 
 
+def test_a_missing_dataset_is_reported_in_the_app_and_digits_still_works(explorer, tmp_path, monkeypatch):
+    monkeypatch.setenv("MITOOLKIT_DATA", str(tmp_path))  # no CIFAR files there
+    explorer.dataset_dropdown.value = "cifar10"  # loads in the background
+    assert explorer.wait(RUN_TIMEOUT)
+    assert type(explorer.last_error).__name__ == "DatasetNotFoundError"
+    assert "CIFAR-10 was not found" in explorer.status_text and not explorer.run_button.disabled
+    explorer.dataset_dropdown.value = "digits"
+    assert explorer.wait(RUN_TIMEOUT)
+    assert explorer.status_text.startswith("ready") and "conv2" in [v for _, v in explorer.layer_dropdown.options]
+
+
 def test_clear_empties_figure_and_table_but_keeps_results(explorer):
     explorer.steps_input.value = 40
     explorer.run_button.click()
