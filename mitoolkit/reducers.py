@@ -17,6 +17,7 @@ parameters join the critic's optimizer (CNN-MINE).
 """
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from typing import Any
@@ -24,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+_EMPTY_VARIANCE_RTOL = 1e-10  # a component with less variance than this share of the top one is empty
 
 __all__ = [
     "Reducer",
@@ -42,17 +45,23 @@ class Reducer:
     name: str = "reducer"
     trainable: bool = False
 
-    def fit(self, x: torch.Tensor) -> "Reducer":
+    def fit(self, x: torch.Tensor | np.ndarray) -> "Reducer":
         """Learn from training samples ``x`` of shape (N, ...); returns ``self``."""
-        self._check_input(x)
+        x = self._validated(x)
         self.input_shape_ = tuple(x.shape[1:])
         return self
 
-    def transform(self, x: torch.Tensor) -> torch.Tensor:
+    def transform(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Map samples (N, ...) to features (N, D)."""
-        raise NotImplementedError(f"{type(self).__name__} is trainable: use build() instead")
+        if self.trainable:
+            raise NotImplementedError(
+                f"{type(self).__name__} is trained jointly with the critic and has no fixed "
+                "transform: pass it to estimate_mi(reducer=...), or use .fit(x).build(seed)."
+            )
+        raise NotImplementedError(f"{type(self).__name__} must implement transform().")
 
-    def fit_transform(self, x: torch.Tensor) -> torch.Tensor:
+    def fit_transform(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """``fit(x)`` then ``transform(x)``: (N, ...) -> (N, D)."""
         return self.fit(x).transform(x)
 
     def get_params(self) -> dict[str, Any]:
@@ -63,11 +72,19 @@ class Reducer:
         """Name, options and what fitting learned that a user may want to see (JSON-ready)."""
         return {"name": self.name, **self.get_params()}
 
+    def _validated(self, x: Any) -> torch.Tensor:
+        """``x`` as a tensor (arrays become float32 CPU tensors), checked by :meth:`_check_input`."""
+        if isinstance(x, np.ndarray):
+            x = torch.as_tensor(x, dtype=torch.float32)
+        self._check_input(x)
+        return x
+
     def _check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor) or x.ndim < 2:
             shape = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
             raise ValueError(
-                f"reducer {self.name!r} needs samples of shape (N, ...) as a tensor; received {shape}."
+                f"reducer {self.name!r} needs samples of shape (N, ...) as an array or tensor; "
+                f"received {shape}. Add the sample dimension, e.g. x[:, None] for one feature."
             )
 
     def _check_fitted(self) -> None:
@@ -82,7 +99,8 @@ class Reducer:
         if tuple(x.shape[1:]) != self.input_shape_:
             raise ValueError(
                 f"{type(self).__name__} was fitted on samples of shape {self.input_shape_}; "
-                f"received {tuple(x.shape[1:])}."
+                f"received samples of shape {tuple(x.shape[1:])}. Transform samples of the "
+                "fitted shape, or fit again on these."
             )
 
     def __repr__(self) -> str:
@@ -95,8 +113,10 @@ class Flatten(Reducer):
 
     name = "none"
 
-    def transform(self, x: torch.Tensor) -> torch.Tensor:
+    def transform(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """(N, ...) -> (N, prod(...))."""
         self._check_fitted()
+        x = self._validated(x)
         self._check_same_shape(x)
         return x.reshape(x.shape[0], -1)
 
@@ -115,9 +135,10 @@ class GlobalAvgPool(Reducer):
                 "features, or pick a convolutional layer."
             )
 
-    def transform(self, x: torch.Tensor) -> torch.Tensor:
+    def transform(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """(N, C, H, W) -> (N, C), the mean of each channel's map."""
         self._check_fitted()
-        self._check_input(x)
+        x = self._validated(x)
         self._check_same_shape(x)
         return x.mean(dim=(2, 3))
 
@@ -130,8 +151,9 @@ class PCA(Reducer):
     n_components : int
         Number of components k; at most min(n_train, D).
     backend : {"auto", "sklearn", "torch"}
-        ``"sklearn"`` uses :class:`sklearn.decomposition.PCA` (randomized solver where the
-        dimension is large); ``"torch"`` uses :func:`torch.pca_lowrank` on the tensor's device;
+        ``"sklearn"`` uses :class:`sklearn.decomposition.PCA` with its ``svd_solver="auto"``
+        policy (covariance eigendecomposition when N >> D, randomized SVD where the data is
+        large, exact SVD otherwise); ``"torch"`` uses :func:`torch.pca_lowrank` on the tensor's device;
         ``"auto"`` picks torch for CUDA tensors, scikit-learn otherwise.
     seed : int
         Seed of the randomized solvers.
@@ -142,6 +164,21 @@ class PCA(Reducer):
     mean_ : Tensor (D,)
     explained_variance_ratio_ : ndarray (k,)
         Share of the train split's total variance each component carries (0 when it has none).
+    n_informative_ : int
+        Components that carry variance. When the training samples have rank below k (or are
+        constant) the others are set to zero, with a warning, so that they give constant features
+        instead of amplified rounding noise.
+    backend_ : {"sklearn", "torch"}
+        The backend that ran.
+    svd_solver_ : str
+        The solver scikit-learn chose (``"covariance_eigh"``, ``"randomized"``, ``"full"``...), or
+        ``"torch.pca_lowrank"``.
+
+    Notes
+    -----
+    The torch backend (:func:`torch.pca_lowrank`, 6 power iterations, k + 10 oversampling) agrees
+    with scikit-learn on the explained variance and on the subspace wherever the spectrum has a gap
+    after component k; components are signed as scikit-learn signs them.
     """
 
     name = "pca"
@@ -152,10 +189,11 @@ class PCA(Reducer):
         self.seed = seed
 
     def get_params(self) -> dict[str, Any]:
-        return {"n_components": self.n_components, "backend": self.backend}
+        return {"n_components": self.n_components, "backend": self.backend, "seed": self.seed}
 
-    def fit(self, x: torch.Tensor) -> "PCA":
-        self._check_input(x)
+    def fit(self, x: torch.Tensor | np.ndarray) -> "PCA":
+        """Learn the mean and the first k components from training samples (N, ...)."""
+        x = self._validated(x)
         flat = x.reshape(x.shape[0], -1)
         n, dim = flat.shape
         limit = min(n, dim)
@@ -176,20 +214,42 @@ class PCA(Reducer):
         else:
             self._fit_sklearn(flat, int(k))
         self.backend_ = "torch" if use_torch else "sklearn"
+        self._drop_empty_components()
         return self
+
+    def _drop_empty_components(self) -> None:
+        """Zero the components that carry no variance (rank below k, constant data).
+
+        Their projections would be float rounding noise, which per-feature standardization would
+        blow up to unit variance; zeroed, they stay exactly 0 (a constant feature).
+        """
+        ratio = np.asarray(self.explained_variance_ratio_, dtype=np.float64)
+        top = ratio.max(initial=0.0)
+        empty = ratio <= _EMPTY_VARIANCE_RTOL * top if top > 0 else np.ones(len(ratio), bool)
+        self.n_informative_ = int((~empty).sum())
+        if empty.any():
+            keep = torch.as_tensor(~empty, device=self.components_.device)
+            self.components_ = self.components_ * keep[:, None].to(self.components_.dtype)
+            self.explained_variance_ratio_ = np.where(empty, 0.0, ratio)
+            warnings.warn(
+                f"PCA: only {self.n_informative_} of n_components={self.n_components} components "
+                "carry variance in the training samples (the data has lower rank, or is constant); "
+                "the others are set to 0. A smaller n_components gives the same information.",
+                RuntimeWarning, stacklevel=3,
+            )
 
     def _fit_sklearn(self, flat: torch.Tensor, k: int) -> None:
         from sklearn.decomposition import PCA as SkPCA
 
         data = flat.detach().to("cpu", torch.float64).numpy()
-        large = min(data.shape) > 500 and k < 0.8 * min(data.shape)
-        pca = SkPCA(
-            n_components=k, svd_solver="randomized" if large else "full", random_state=self.seed
-        )
+        # scikit-learn's "auto" policy: "covariance_eigh" when N >> D (D <= 1000), "randomized"
+        # when the data is larger than 500 x 500 and k < 80 % of min(N, D), else "full".
+        pca = SkPCA(n_components=k, svd_solver="auto", random_state=self.seed)
         with warnings.catch_warnings():
             # All-constant data gives 0/0 in explained_variance_ratio_; handled below.
             warnings.simplefilter("ignore", RuntimeWarning)
             pca.fit(data)
+        self.svd_solver_ = str(getattr(pca, "_fit_svd_solver", "auto"))
         self.components_ = torch.as_tensor(pca.components_, dtype=flat.dtype, device=flat.device)
         self.mean_ = torch.as_tensor(pca.mean_, dtype=flat.dtype, device=flat.device)
         self.explained_variance_ratio_ = np.nan_to_num(pca.explained_variance_ratio_, nan=0.0)
@@ -204,13 +264,20 @@ class PCA(Reducer):
             q = min(k + 10, *centered.shape)
             _, singular, v = torch.pca_lowrank(centered, q=q, center=False, niter=6)
         total = centered.pow(2).sum()
-        self.components_ = v[:, :k].T.contiguous().to(flat.dtype)
+        components = v[:, :k].T
+        # scikit-learn's sign convention (svd_flip on V): the largest |loading| is positive.
+        signs = torch.sign(components.gather(1, components.abs().argmax(dim=1, keepdim=True)))
+        signs[signs == 0] = 1.0
+        self.components_ = (components * signs).contiguous().to(flat.dtype)
         self.mean_ = mean.to(flat.dtype)
         ratio = singular[:k].pow(2) / total if total > 0 else torch.zeros(k)
         self.explained_variance_ratio_ = ratio.cpu().double().numpy()
+        self.svd_solver_ = "torch.pca_lowrank"
 
-    def transform(self, x: torch.Tensor) -> torch.Tensor:
+    def transform(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Project (N, ...) on the fitted components: (N, k), centred by the training mean."""
         self._check_fitted()
+        x = self._validated(x)
         self._check_same_shape(x)
         flat = x.reshape(x.shape[0], -1)
         comps = self.components_.to(flat.device, flat.dtype)
@@ -220,7 +287,10 @@ class PCA(Reducer):
         info = super().describe()
         if hasattr(self, "explained_variance_ratio_"):
             info["explained_variance"] = float(np.sum(self.explained_variance_ratio_))
+            info["explained_variance_ratio"] = [float(r) for r in self.explained_variance_ratio_]
+            info["n_informative"] = self.n_informative_
             info["backend_used"] = self.backend_
+            info["svd_solver"] = self.svd_solver_
         return info
 
 
@@ -228,20 +298,33 @@ class ConvEncoder(Reducer):
     """CNN-MINE: a small convolutional encoder trained jointly with the MINE critic.
 
     Architecture: ``Conv(3x3) - ReLU - Conv(3x3, stride 2) - ReLU - AdaptiveAvgPool(<= 4x4) -
-    Linear(out_features)``. Its parameters are added to the critic's optimizer.
+    Linear(out_features)``. Unlike the fixed reducers it is not applied once: :meth:`build`
+    returns a module that :func:`~mitoolkit.estimate_mi` runs on every batch and whose parameters
+    it adds to the critic's optimizer.
 
     Parameters
     ----------
-    channels : tuple of int
+    channels : tuple of two int
         Output channels of the two convolutions.
     out_features : int
         Size of the encoding passed to the critic.
+
+    Attributes
+    ----------
+    input_shape_ : tuple (C, H, W)
+        Shape of the samples seen by :meth:`fit`.
+    encoder_ : nn.Module
+        The module returned by the last :meth:`build`; after ``estimate_mi(..., reducer=enc)`` it
+        holds the trained weights (those of the critic chosen by early stopping).
+    build_seed_ : int
+        The seed of that :meth:`build`: ``build(seed=build_seed_)`` on a fitted copy gives the
+        initial weights again.
     """
 
     name = "cnn"
     trainable = True
 
-    def __init__(self, channels: tuple[int, int] = (16, 32), out_features: int = 16) -> None:
+    def __init__(self, *, channels: tuple[int, int] = (16, 32), out_features: int = 16) -> None:
         self.channels = channels
         self.out_features = out_features
 
@@ -256,18 +339,32 @@ class ConvEncoder(Reducer):
                 f"{tuple(x.shape)}. Use reducer='pca' or 'none' for flat (N, D) features."
             )
 
+    def _check_params(self) -> None:
+        channels = self.channels
+        if (
+            not isinstance(channels, (tuple, list)) or len(channels) != 2
+            or not all(_is_positive_int(c) for c in channels)
+        ):
+            raise ValueError(
+                f"channels must be two positive integers, e.g. (16, 32); received {channels!r}."
+            )
+        if not _is_positive_int(self.out_features):
+            raise ValueError(
+                f"out_features must be a positive integer; received {self.out_features!r}."
+            )
+
+    def fit(self, x: torch.Tensor | np.ndarray) -> "ConvEncoder":
+        """Check the options and record the sample shape (C, H, W) of ``x`` (N, C, H, W)."""
+        self._check_params()
+        return super().fit(x)  # type: ignore[return-value]
+
     def build(self, seed: int = 0) -> nn.Module:
         """A freshly initialised encoder for the fitted input shape: (B, C, H, W) -> (B, out_features).
 
-        The initialisation uses ``seed`` without touching the caller's global random state.
+        The initialisation uses ``seed`` without touching the caller's global random state. The
+        module is also kept as ``encoder_``.
         """
         self._check_fitted()
-        if len(self.channels) != 2 or any(int(c) < 1 for c in self.channels):
-            raise ValueError(
-                f"channels must be two positive integers; received {self.channels!r}."
-            )
-        if int(self.out_features) < 1:
-            raise ValueError(f"out_features must be positive; received {self.out_features!r}.")
         c_in, height, width = self.input_shape_
         c1, c2 = (int(c) for c in self.channels)
         pooled = (min(4, math.ceil(height / 2)), min(4, math.ceil(width / 2)))
@@ -282,7 +379,25 @@ class ConvEncoder(Reducer):
                 nn.Flatten(),
                 nn.Linear(c2 * pooled[0] * pooled[1], int(self.out_features)),
             )
+        self.encoder_ = encoder
+        self.build_seed_ = int(seed)
         return encoder
+
+    def n_parameters(self) -> int:
+        """Number of trainable parameters of the built module (0 before :meth:`build`)."""
+        if not hasattr(self, "encoder_"):
+            return 0
+        return sum(p.numel() for p in self.encoder_.parameters())
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        if hasattr(self, "encoder_"):
+            info["n_parameters"] = self.n_parameters()
+        return info
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
 
 
 _REDUCERS: dict[str, type[Reducer]] = {
@@ -322,7 +437,11 @@ def make_reducer(name: str | Reducer | None = "none", **options: Any) -> Reducer
             f"reducer must be one of {list(REDUCER_NAMES)} (or a Reducer instance); received "
             f"{name!r}."
         )
-    try:
-        return _REDUCERS[key](**options)
-    except TypeError as err:
-        raise ValueError(f"invalid options for reducer {key!r}: {err}") from None
+    cls = _REDUCERS[key]
+    allowed = [] if cls.__init__ is object.__init__ else [
+        p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        takes = f"the options {allowed}" if allowed else "no options"
+        raise ValueError(f"reducer {key!r} takes {takes}; received unknown options {unknown}.")
+    return cls(**options)
