@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import html
 import math
+import os
 import threading
 import time
 import traceback
@@ -108,7 +109,8 @@ class LivePlot(Callback):
     max_points : int
         Most points of the training-bound trace; longer runs are shown with every k-th step.
     show_train : bool
-        Draw the per-step training bound.
+        Draw the per-step training bound. With False the LivePlot has no ``on_step`` hook at all,
+        so on a GPU the estimator need not copy the bound to the host after every step.
     reference_lines : mapping of str to float, optional
         More horizontal lines, e.g. ``{"H(Y) = ln 10": 2.303}``.
 
@@ -120,6 +122,11 @@ class LivePlot(Callback):
     status : str
         ``"idle"``, ``"running"``, ``"finished"`` or ``"stopped"``.
     """
+
+    def __new__(cls, *args: Any, show_train: bool = True, **kwargs: Any) -> "LivePlot":
+        if cls is LivePlot and not show_train:
+            cls = _HeldoutLivePlot
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -248,9 +255,10 @@ class LivePlot(Callback):
 
     def _write(self, steps: list[int], values: list[float]) -> None:
         if self._train_trace is not None:
-            self._train_trace.x, self._train_trace.y = steps, values
+            self._train_trace.x, self._train_trace.y = steps, _finite_or_none(values)
         if self._heldout_trace is not None:
-            self._heldout_trace.x, self._heldout_trace.y = list(self._eval_steps), list(self._heldout)
+            self._heldout_trace.x = list(self._eval_steps)
+            self._heldout_trace.y = _finite_or_none(self._heldout)
 
     def _add_final(self, result: MIResult, suffix: str) -> None:
         low, high = result.ci95
@@ -281,6 +289,18 @@ class LivePlot(Callback):
     def _count_runs(self) -> int:
         return sum(1 for trace in self.figure.data
                    if isinstance(trace.meta, dict) and trace.meta.get("role") == "heldout")
+
+
+class _HeldoutLivePlot(LivePlot):
+    """A LivePlot without the training curve: it defines no ``on_step``, which lets the estimator
+    skip the per-step host copy of the bound (see :func:`mitoolkit.callbacks.overrides`)."""
+
+    on_step = Callback.on_step  # type: ignore[assignment]
+
+
+def _finite_or_none(values: list[float]) -> list[float | None]:
+    """NaN and infinities become gaps (None): JSON, and so the front-end, has no NaN."""
+    return [v if math.isfinite(v) else None for v in values]
 
 
 def _decimate(steps: list[int], values: list[float], max_points: int) -> tuple[list[int], list[float]]:
@@ -453,7 +473,7 @@ class MIExplorer:
         batch_size: int = 256,
         strength: float = 1.0,
         epochs: int | None = None,
-        cache_dir: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
         train: bool = True,
         estimator_options: Mapping[str, Any] | None = None,
     ) -> None:
@@ -630,7 +650,7 @@ class MIExplorer:
 
     def _prepare(self, dataset: str, model_name: str, layer: str | None) -> None:
         """Load the data and the model, and fill the layer dropdown (errors go to the status)."""
-        self.run_button.disabled = True
+        self._lock(True)
         try:
             self._set_status(f"loading {dataset} and the {model_name} ...", "running")
             data = self._dataset(dataset)
@@ -654,7 +674,7 @@ class MIExplorer:
         except Exception as err:  # shown in the app, kept for inspection
             self._report_error(err, "loading the data or model failed")
         finally:
-            self.run_button.disabled = False
+            self._lock(False)
 
     def _dataset(self, name: str) -> ImageDataset:
         if name not in self._datasets:
@@ -799,10 +819,13 @@ class MIExplorer:
                              f"{html.escape(text)}</span>")
 
     def _set_running(self, running: bool) -> None:
-        self.run_button.disabled = running
+        self._lock(running)
         self.stop_button.disabled = not running
-        for control in (self.dataset_dropdown, self.model_dropdown):
-            control.disabled = running
+
+    def _lock(self, locked: bool) -> None:
+        """Disable Run and the data/model choices while something runs in the background."""
+        for control in (self.run_button, self.dataset_dropdown, self.model_dropdown):
+            control.disabled = locked
 
     def _report_error(self, err: BaseException, what: str) -> None:
         self.last_error = err

@@ -109,6 +109,17 @@ def test_runs_share_a_figure_with_their_own_colours_and_one_ceiling(gaussians):
     assert sum("ceiling" in name for name in _shape_names(first.figure)) == 1  # same N: one line
 
 
+def test_without_the_training_curve_liveplot_needs_no_step_hook(gaussians):
+    from mitoolkit.callbacks import overrides
+
+    assert overrides(LivePlot(), "on_step")
+    live = LivePlot(show_train=False, label="heldout only")
+    assert isinstance(live, LivePlot) and not overrides(live, "on_step")  # no per-step GPU sync
+    x, y, _ = gaussians
+    estimate_mi(x, y, callbacks=[live], **_fast(max_steps=50))
+    assert not _traces(live.figure, "train") and len(_traces(live.figure, "heldout")[0].x) == 2
+
+
 def test_liveplot_updates_at_a_bounded_rate_and_decimates(gaussians):
     x, y, _ = gaussians
     live = LivePlot(max_rate_hz=2.0, max_points=50)
@@ -125,6 +136,19 @@ def test_decimate_keeps_the_last_point():
     xs, ys = _decimate(steps, [float(s) for s in steps], 100)
     assert len(xs) <= 101 and xs[0] == 1 and xs[-1] == 1000 and ys == [float(s) for s in xs]
     assert _decimate([1, 2], [0.5, 0.6], 10) == ([1, 2], [0.5, 0.6])
+
+
+def test_liveplot_draws_non_finite_values_as_gaps():
+    from mitoolkit.callbacks import RunInfo
+
+    live = LivePlot()
+    live.on_start(RunInfo(max_steps=3, eval_every=1, n_train=4, n_valid=2, n_test=2, log_n=0.69, bound="mine"))
+    for step, value in enumerate([0.1, float("nan"), float("inf")], start=1):
+        live.on_step(step, value)
+        live.on_eval(step, value)
+    live._flush()
+    assert list(_traces(live.figure, "train")[0].y) == [0.1, None, None]
+    assert list(_traces(live.figure, "heldout")[0].y) == [0.1, None, None]
 
 
 def test_liveplot_rejects_a_plain_figure():
