@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 _EMPTY_VARIANCE_RTOL = 1e-10  # a component with less variance than this share of the top one is empty
+_FLOAT64_MAX_ELEMENTS = 2**25  # larger inputs are fit in float32 (a float64 copy would exceed 256 MiB)
 
 __all__ = [
     "Reducer",
@@ -153,8 +154,9 @@ class PCA(Reducer):
     backend : {"auto", "sklearn", "torch"}
         ``"sklearn"`` uses :class:`sklearn.decomposition.PCA` with its ``svd_solver="auto"``
         policy (covariance eigendecomposition when N >> D, randomized SVD where the data is
-        large, exact SVD otherwise); ``"torch"`` uses :func:`torch.pca_lowrank` on the tensor's device;
-        ``"auto"`` picks torch for CUDA tensors, scikit-learn otherwise.
+        large, exact SVD otherwise), in float64 up to 2^25 values and float32 above; ``"torch"``
+        uses :func:`torch.pca_lowrank` on the tensor's device; ``"auto"`` picks torch for CUDA
+        tensors, scikit-learn otherwise.
     seed : int
         Seed of the randomized solvers.
 
@@ -241,7 +243,10 @@ class PCA(Reducer):
     def _fit_sklearn(self, flat: torch.Tensor, k: int) -> None:
         from sklearn.decomposition import PCA as SkPCA
 
-        data = flat.detach().to("cpu", torch.float64).numpy()
+        # float64 for precision, except where a float64 copy would be large (sklearn then
+        # computes in float32, ample for the top components).
+        dtype = torch.float64 if flat.numel() <= _FLOAT64_MAX_ELEMENTS else torch.float32
+        data = flat.detach().to("cpu", dtype).numpy()
         # scikit-learn's "auto" policy: "covariance_eigh" when N >> D (D <= 1000), "randomized"
         # when the data is larger than 500 x 500 and k < 80 % of min(N, D), else "full".
         pca = SkPCA(n_components=k, svd_solver="auto", random_state=self.seed)

@@ -61,6 +61,18 @@ def test_pca_sklearn_backend_is_sklearns_pca() -> None:
     assert info["explained_variance"] == pytest.approx(theirs.explained_variance_ratio_.sum())
 
 
+def test_pca_fits_large_inputs_in_float32_with_the_same_result(monkeypatch) -> None:
+    from mitoolkit import reducers
+
+    x = images(400, (2, 3, 3))
+    exact = PCA(4).fit(x)
+    monkeypatch.setattr(reducers, "_FLOAT64_MAX_ELEMENTS", 100)  # this input counts as large now
+    single = PCA(4).fit(x)
+    np.testing.assert_allclose(single.explained_variance_ratio_, exact.explained_variance_ratio_,
+                               rtol=1e-4)
+    np.testing.assert_allclose(single.transform(x).numpy(), exact.transform(x).numpy(), atol=1e-4)
+
+
 def low_rank_data(n: int = 600, dim: int = 80, rank: int = 6, seed: int = 0) -> np.ndarray:
     """Signal of the given rank with well separated scales, plus small isotropic noise."""
     rng = np.random.default_rng(seed)
