@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m mitoolkit.demo
+	$(VENV)/bin/mitoolkit compare --dataset digits --model reference --layer conv2 --methods none,pca,cnn,gap --seeds 5 --max-steps 1000 --out results/demo
 
 test: $(STAMP)
 	MITOOLKIT_QUICK=1 $(PY) -m pytest -ra --nbmake tests notebooks

@@ -200,6 +200,10 @@ def _compare(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     print(comparison.summary_table())
+    for layer in comparison.layers:
+        print(f"\nthe seed paper's findings on {layer}:")
+        for finding in comparison.findings(layer):
+            print(f"  - {finding}")
     out = Path(args.out)
     written = ["results.json", "results.csv", "summary.csv"] + ([] if args.no_report else ["report.html"])
     print(f"\nwritten: {', '.join(str(out / name) for name in written)}")

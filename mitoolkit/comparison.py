@@ -36,7 +36,9 @@ __all__ = [
     "METHOD_LABELS",
     "Comparison",
     "ComparisonRow",
+    "Finding",
     "MethodSummary",
+    "check_findings",
     "RowStore",
     "write_atomic",
 ]
@@ -165,6 +167,80 @@ def summarize(rows: Sequence[ComparisonRow], layer: str, method: str, ceiling: f
     )
 
 
+@dataclass(frozen=True)
+class Finding:
+    """One of the seed paper's findings, checked on one layer of a comparison.
+
+    Attributes
+    ----------
+    claim : str
+        The paper's claim, in words.
+    holds : bool or None
+        Whether the numbers agree; None when the methods it needs were not run (or lack 2 seeds).
+    detail : str
+        The numbers compared.
+    """
+
+    claim: str
+    holds: bool | None
+    detail: str
+
+    def __str__(self) -> str:
+        verdict = {True: "holds", False: "does not hold", None: "not tested"}[self.holds]
+        return f"{self.claim}: {verdict} ({self.detail})"
+
+
+def check_findings(summaries: Sequence[MethodSummary]) -> list[Finding]:
+    """The seed paper's three findings, checked on the summaries of one layer.
+
+    1. Reduction is more stable than the baseline: each reduction's std below the baseline's.
+    2. PCA and GAP are more stable and faster than the CNN: their std and seconds below CNN's.
+    3. GAP gives lower estimates than the others: its mean below every other method's.
+
+    With a handful of seeds a standard deviation is itself uncertain (about +-35 % with 5 seeds),
+    so a verdict on stability is a reading of this run, not a test.
+    """
+    by = {s.method: s for s in summaries}
+
+    def std_text(*methods: str) -> str:
+        return ", ".join(f"{METHOD_LABELS[m]} {by[m].std:.3f}" for m in methods)
+
+    def sec_text(*methods: str) -> str:
+        return ", ".join(f"{METHOD_LABELS[m]} {by[m].mean_seconds:.1f}s" for m in methods)
+
+    def have(*methods: str) -> bool:
+        return all(m in by and math.isfinite(by[m].std) for m in methods)
+
+    out = []
+    claim = "reduction is more stable than the baseline (lower std)"
+    reduced = [m for m in ("pca", "cnn", "gap") if m in by and math.isfinite(by[m].std)]
+    if have("none") and reduced:
+        worse = [m for m in reduced if not by[m].std < by["none"].std]
+        detail = "std " + std_text("none", *reduced)
+        if worse and len(worse) < len(reduced):
+            detail += f"; not for {', '.join(METHOD_LABELS[m] for m in worse)}"
+        out.append(Finding(claim, not worse, detail))
+    else:
+        out.append(Finding(claim, None, "needs the baseline and a reduction, with 2 seeds or more"))
+    claim = "PCA and GAP are more stable and faster than CNN"
+    pair = [m for m in ("pca", "gap") if have(m)]
+    if have("cnn") and pair:
+        holds = all(by[m].std < by["cnn"].std and by[m].mean_seconds < by["cnn"].mean_seconds
+                    for m in pair)
+        out.append(Finding(claim, holds, f"std {std_text(*pair, 'cnn')}; time {sec_text(*pair, 'cnn')}"))
+    else:
+        out.append(Finding(claim, None, "needs CNN and PCA or GAP, with 2 seeds or more"))
+    claim = "GAP gives lower estimates than the others"
+    others = [m for m in ("none", "pca", "cnn") if m in by]
+    if "gap" in by and others:
+        holds = all(by["gap"].mean < by[m].mean for m in others)
+        means = ", ".join(f"{METHOD_LABELS[m]} {by[m].mean:.3f}" for m in ("gap", *others))
+        out.append(Finding(claim, holds, f"mean {means}"))
+    else:
+        out.append(Finding(claim, None, "needs GAP and another method"))
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # The comparison
 # --------------------------------------------------------------------------------------------
@@ -247,6 +323,10 @@ class Comparison:
             expected = len(self.layers) * len(self.methods) * len(self.config.get("seeds", []))
             text.append(f"(incomplete: {len(self.rows)} of {expected - self._n_skipped_rows()} rows)")
         return "\n".join(text)
+
+    def findings(self, layer: str) -> list[Finding]:
+        """The seed paper's three findings checked on ``layer`` (see :func:`check_findings`)."""
+        return check_findings([s for s in self.summary if s.layer == layer])
 
     def _n_skipped_rows(self) -> int:
         return len(self.skipped) * len(self.config.get("seeds", []))

@@ -233,3 +233,21 @@ def test_label_target_uses_ln_k_as_ceiling(model):
     assert comparison.ceiling == pytest.approx(math.log(10))
     assert comparison.rows[0].result.options["reducer_x"]["input_shape"] == [10]  # the one-hot label
     assert "ln K" in comparison.summary_table()
+
+
+def test_the_papers_three_findings_are_checked_from_the_summary():
+    from mitoolkit.comparison import MethodSummary, check_findings
+
+    def summary(method, mean, std, seconds):
+        return MethodSummary("conv2", method, 5, mean, std, seconds, 8.5, 7.1)
+
+    paper_like = [summary("none", 3.0, 0.50, 10.0), summary("pca", 2.8, 0.10, 4.0),
+                  summary("cnn", 3.1, 0.30, 40.0), summary("gap", 2.2, 0.12, 3.0)]
+    assert [f.holds for f in check_findings(paper_like)] == [True, True, True]
+    unlike = [summary("none", 3.0, 0.20, 10.0), summary("pca", 2.8, 0.10, 4.0),
+              summary("cnn", 3.1, 0.05, 40.0), summary("gap", 3.5, 0.30, 3.0)]
+    stable, pca_gap, gap_lower = check_findings(unlike)
+    assert not stable.holds and "not for GAP-MINE" in stable.detail
+    assert not pca_gap.holds and "CNN-MINE 0.050" in pca_gap.detail
+    assert not gap_lower.holds and str(gap_lower).startswith("GAP gives lower estimates than the others: does not hold")
+    assert [f.holds for f in check_findings(paper_like[1:])] == [None, True, True]
