@@ -308,7 +308,7 @@ def compare_reducers(
             "model": model_description,
             "model_hash": _hash_tensors(list(net.state_dict().values())),
             "target": target,
-            "transforms": repr(transforms),
+            "transforms": _describe_callable(transforms),
             "other_side": other_side,
             "pca_components": int(pca_components),
             "cnn_options": cnn_opts,
@@ -755,6 +755,17 @@ def _inapplicable(layers: list[str], methods: list[str], shapes: Mapping[str, An
                                 f"it needs (C, H, W) feature maps and the layer gives "
                                 f"{tuple(shapes[layer])}"})
     return out
+
+
+def _describe_callable(fn: Any) -> str | None:
+    """A stable description: the repr when the class defines one, else the qualified name (a
+    default repr holds a memory address, which would change the fingerprint at every run)."""
+    if fn is None:
+        return None
+    if type(fn).__repr__ is not object.__repr__ and not inspect.isroutine(fn):
+        return repr(fn)
+    target = fn if inspect.isroutine(fn) else type(fn)
+    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(fn).__name__)}"
 
 
 def _hash_tensors(tensors: Sequence[torch.Tensor]) -> str:

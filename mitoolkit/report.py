@@ -220,7 +220,8 @@ def write_report(comparison: Comparison, path: str | os.PathLike) -> Path:
     if not comparison.complete:
         body.append(f"<p class='warn'>Incomplete: {len(comparison.rows)} rows finished. Run the "
                     "same command again to resume.</p>")
-    body += ["<h2>Summary</h2>", _summary_html(comparison), "<h2>Figures</h2>", *parts]
+    body += ["<h2>Summary</h2>", _summary_html(comparison), _findings_html(comparison),
+             "<h2>Figures</h2>", *parts]
     if comparison.skipped:
         body.append("<h2>Skipped</h2><ul>" + "".join(
             f"<li>{html.escape(METHOD_LABELS.get(s['method'], s['method']))} on "
@@ -256,6 +257,16 @@ def _describe(comparison: Comparison) -> str:
         "DV bounds in nats; std is the sample standard deviation over seeds (the paper's "
         "stability: lower is more stable)."
     )
+
+
+def _findings_html(comparison: Comparison) -> str:
+    parts = []
+    for layer in comparison.layers:
+        if not any(r.layer == layer for r in comparison.rows):
+            continue
+        items = "".join(f"<li>{html.escape(str(f))}</li>" for f in comparison.findings(layer))
+        parts.append(f"<p>The seed paper's findings on {html.escape(layer)}:</p><ul>{items}</ul>")
+    return "".join(parts)
 
 
 def _summary_html(comparison: Comparison) -> str:
