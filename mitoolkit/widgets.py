@@ -18,6 +18,7 @@ in a background thread, so the figure updates and Stop works while it trains.
 """
 from __future__ import annotations
 
+import contextlib
 import html
 import math
 import os
@@ -25,7 +26,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
@@ -35,6 +36,8 @@ from torch import nn
 
 from mitoolkit.callbacks import Callback, RunInfo
 from mitoolkit.data import DATASETS, ImageDataset, load_dataset, minor_transforms
+from mitoolkit.devices import resolve_device
+from mitoolkit.experiments import mi_pair
 from mitoolkit.layers import LayerInfo, collect_activations, list_layers
 from mitoolkit.mine import estimate_mi
 from mitoolkit.models import train_reference_model
@@ -316,39 +319,17 @@ def _decimate(steps: list[int], values: list[float], max_points: int) -> tuple[l
     return xs, ys
 
 
-# --------------------------------------------------------------------------------------------
-# Building the (X, T) or (T, Y) pair for a layer
-# --------------------------------------------------------------------------------------------
-
-
-def _build_pair(
-    model: nn.Module,
-    dataset: ImageDataset,
-    layer: str,
-    target: str,
-    *,
-    n_samples: int,
-    seed: int,
-    device: str,
-    strength: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The paper's setting: X is one of N images, T the layer's activation of a randomly
-    transformed copy, Y the label.
-
-    Returns ``(other, activation)``: ``other`` is the untransformed image (N, C, H, W) for
-    ``target="input"`` or the one-hot label (N, K) for ``target="label"``; ``activation`` is the
-    layer's output (N, ...) for the transformed copy.
-    """
-    acts = collect_activations(
-        model, dataset, [layer], transform=minor_transforms(strength=strength),
-        n_samples=n_samples, seed=seed, device=device,
-    )
-    activation = acts.layers[layer]
-    if target == "input":
-        other = dataset.images[acts.indices]
-    else:
-        other = torch.nn.functional.one_hot(acts.labels, num_classes=dataset.n_classes).float()
-    return other, activation
+@contextlib.contextmanager
+def _cpu_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` torch intra-op threads (None: unchanged), restoring the setting afterwards."""
+    before = torch.get_num_threads()
+    if n is not None and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,7 +390,8 @@ class MIExplorer:
     It estimates, for the chosen layer T of the chosen model: ``target="input"``, I(X; T), where X
     is one of N images and T the layer's activation of a randomly transformed copy (the paper's
     setting; at most ln N); ``target="label"``, I(T; Y), with Y the class label (at most ln K).
-    The activation goes through the chosen reducer (none, PCA, CNN or GAP) before the critic; the
+    The pair is built by :func:`mitoolkit.experiments.mi_pair`, as in the comparison. The
+    activation goes through the chosen reducer (none, PCA, CNN or GAP) before the critic; the
     image or label side is only flattened.
 
     Display the explorer (make it the last expression of a cell) and use its controls, or drive
@@ -443,6 +425,10 @@ class MIExplorer:
         Where reference weights are cached (default ``$MITOOLKIT_CACHE``).
     train : bool
         Use the training split (the network's own training data) or the test split.
+    cpu_threads : int or None
+        Torch intra-op threads during a run on the CPU, restored afterwards (as in
+        :func:`mitoolkit.experiments.compare_reducers`): 1 is fastest for these small critics,
+        much faster on busy shared cores. None leaves torch's setting alone.
     estimator_options : mapping, optional
         More keyword arguments for :func:`mitoolkit.mine.estimate_mi` (e.g. ``{"lr": 1e-3}``).
 
@@ -475,6 +461,7 @@ class MIExplorer:
         epochs: int | None = None,
         cache_dir: str | os.PathLike | None = None,
         train: bool = True,
+        cpu_threads: int | None = 1,
         estimator_options: Mapping[str, Any] | None = None,
     ) -> None:
         if dataset not in DATASETS:
@@ -491,6 +478,9 @@ class MIExplorer:
         self.epochs = epochs
         self.cache_dir = cache_dir
         self.train_split = train
+        if cpu_threads is not None and (not isinstance(cpu_threads, int) or cpu_threads < 1):
+            raise ValueError(f"cpu_threads must be a positive integer or None; received {cpu_threads!r}.")
+        self.cpu_threads = cpu_threads
         self.estimator_options = dict(estimator_options or {})
         self.results: list[tuple[dict[str, Any], MIResult]] = []
         self.last_error: BaseException | None = None
@@ -740,26 +730,34 @@ class MIExplorer:
 
     def _run_worker(self, spec: _RunSpec) -> None:
         try:
-            other, activation = self._pair(spec)
-            reducer = make_reducer(spec.reducer, **self._reducer_options(spec))
-            n_train = spec.n_samples - int(round(spec.n_samples * self.estimator_options.get("test_fraction", 0.5)))
-            lines = {}
-            if spec.target == "label":
-                k = int(other.shape[1])
-                lines[f"H(Y) ≤ ln {k}"] = math.log(k)
-            live = LivePlot(self.figure, label=f"#{len(self.results) + 1} {spec.label}", reference_lines=lines)
-            options = {"batch_size": max(2, min(self.batch_size, n_train)), **self.estimator_options}
-            result = estimate_mi(
-                other, activation, reducer_x="none", reducer_y=reducer,
-                callbacks=[live, _StatusLine(self, spec)], stop_event=self._stop_event,
-                progress=False, max_steps=spec.steps, seed=spec.seed, device=spec.device,
-                label=spec.label, **options,
-            )
-            self._record(spec, result)
+            on_cpu = resolve_device(spec.device).type == "cpu"
+            with _cpu_threads(self.cpu_threads if on_cpu else None):
+                self._estimate(spec)
         except Exception as err:  # shown in the app, kept for inspection
             self._report_error(err, f"the run {spec.label} failed")
         finally:
             self._set_running(False)
+
+    def _estimate(self, spec: _RunSpec) -> None:
+        """Build the pair, run MINE with the live plot and the status line, record the result."""
+        other, activation = self._pair(spec)
+        reducer = make_reducer(spec.reducer, **self._reducer_options(spec))
+        test_fraction = self.estimator_options.get("test_fraction", 0.5)
+        n_train = spec.n_samples - int(round(spec.n_samples * test_fraction))
+        lines = {}
+        if spec.target == "label":
+            k = int(other.shape[1])
+            lines[f"H(Y) ≤ ln {k}"] = math.log(k)
+        live = LivePlot(self.figure, label=f"#{len(self.results) + 1} {spec.label}",
+                        reference_lines=lines)
+        options = {"batch_size": max(2, min(self.batch_size, n_train)), **self.estimator_options}
+        result = estimate_mi(
+            other, activation, reducer_x="none", reducer_y=reducer,
+            callbacks=[live, _StatusLine(self, spec)], stop_event=self._stop_event,
+            progress=False, max_steps=spec.steps, seed=spec.seed, device=spec.device,
+            label=spec.label, **options,
+        )
+        self._record(spec, result)
 
     def _pair(self, spec: _RunSpec) -> tuple[torch.Tensor, torch.Tensor]:
         key = (spec.dataset, spec.model, spec.layer, spec.target, spec.n_samples, spec.seed)
@@ -770,9 +768,12 @@ class MIExplorer:
                                  f"{data.name}; choose N <= {len(data)}.")
             if len(self._pairs) >= 4:  # keep memory bounded
                 self._pairs.pop(next(iter(self._pairs)))
-            self._pairs[key] = _build_pair(
-                self._model(spec.dataset, spec.model), data, spec.layer, spec.target,
-                n_samples=spec.n_samples, seed=spec.seed, device=spec.device, strength=self.strength)
+            acts = collect_activations(
+                self._model(spec.dataset, spec.model), data, [spec.layer],
+                transform=minor_transforms(strength=self.strength), n_samples=spec.n_samples,
+                seed=spec.seed, device=spec.device,
+            )
+            self._pairs[key] = mi_pair(acts, spec.layer, target=spec.target, dataset=data)
         return self._pairs[key]
 
     @staticmethod

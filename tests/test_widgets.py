@@ -262,6 +262,18 @@ def test_a_second_click_while_running_starts_nothing(explorer):
     assert len(explorer.results) == 1
 
 
+def test_a_run_uses_one_cpu_thread_and_restores_the_setting(explorer):
+    torch.set_num_threads(2)
+    try:
+        explorer.steps_input.value = 20
+        explorer.run_button.click()
+        assert _wait_until(lambda: not explorer.busy or torch.get_num_threads() == 1, RUN_TIMEOUT)
+        assert explorer.wait(RUN_TIMEOUT) and explorer.last_error is None
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+
+
 def test_explorer_rejects_bad_arguments():
     with pytest.raises(ValueError, match="reducer must be one of"):
         MIExplorer(torch.nn.Linear(2, 2), reducer="tsne")
