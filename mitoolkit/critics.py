@@ -32,7 +32,7 @@ class MLPCritic(nn.Module):
     seeds : sequence of int
         One seed per critic (K = len(seeds)); initialisation follows ``nn.Linear``'s default,
         U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn from a generator of that seed.
-    activation : {"relu", "elu", "tanh"}
+    activation : {"elu", "relu", "tanh"}
     """
 
     def __init__(
@@ -43,7 +43,7 @@ class MLPCritic(nn.Module):
         width: int = 128,
         depth: int = 2,
         seeds: Sequence[int] = (0,),
-        activation: str = "relu",
+        activation: str = "elu",
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
