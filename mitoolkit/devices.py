@@ -1,9 +1,12 @@
 """Choosing the torch device: ``"auto"`` means CUDA when present, else the CPU."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 
-__all__ = ["resolve_device"]
+__all__ = ["resolve_device", "cpu_threads"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -52,3 +55,27 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             "use device='auto' or device='cpu'."
         )
     return resolved
+
+
+@contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op CPU threads, restoring the setting afterwards.
+
+    The networks trained here are small: on a few cores one thread is usually fastest, and
+    several threads competing with other work can be many times slower.
+
+    Parameters
+    ----------
+    n : int or None
+        Threads to use inside the block; None leaves the setting unchanged.
+    """
+    before = torch.get_num_threads()
+    if n is not None and n != before:
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"cpu_threads must be a positive integer or None; received {n!r}.")
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)

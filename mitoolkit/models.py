@@ -11,19 +11,18 @@ reproducible subject.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from mitoolkit.data import ImageDataset, load_dataset
-from mitoolkit.devices import resolve_device
+from mitoolkit.devices import cpu_threads, resolve_device
 
 __all__ = ["ReferenceCNN", "default_cache_dir", "evaluate_accuracy", "train_reference_model"]
 
@@ -231,7 +230,7 @@ def train_reference_model(
     # A network this small gains nothing from intra-op threads on 8x8 images, and loses much when
     # the cores are shared (measured: 3 digits epochs 0.75 s on one thread, 4-23 s on two).
     threads = 1 if target.type == "cpu" and h <= 16 else None
-    with _cpu_threads(threads):
+    with cpu_threads(threads):
         history = _train(model, train_set, test_set, epochs=epochs, seed=seed, device=target, progress=progress)
     metadata = {
         "dataset": dataset,
@@ -292,19 +291,6 @@ def _train(
     bar.close()
     model.eval()
     return history
-
-
-@contextlib.contextmanager
-def _cpu_threads(n: int | None) -> Iterator[None]:
-    """Run with ``n`` intra-op CPU threads (None: unchanged), restoring the setting afterwards."""
-    before = torch.get_num_threads()
-    if n is not None and n < before:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:

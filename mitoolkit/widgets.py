@@ -18,7 +18,6 @@ in a background thread, so the figure updates and Stop works while it trains.
 """
 from __future__ import annotations
 
-import contextlib
 import html
 import math
 import os
@@ -26,7 +25,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
@@ -36,7 +35,7 @@ from torch import nn
 
 from mitoolkit.callbacks import Callback, RunInfo
 from mitoolkit.data import DATASETS, ImageDataset, load_dataset, minor_transforms
-from mitoolkit.devices import resolve_device
+from mitoolkit.devices import cpu_threads as use_cpu_threads, resolve_device
 from mitoolkit.experiments import mi_pair
 from mitoolkit.layers import LayerInfo, collect_activations, list_layers
 from mitoolkit.mine import estimate_mi
@@ -317,19 +316,6 @@ def _decimate(steps: list[int], values: list[float], max_points: int) -> tuple[l
         xs.append(steps[-1])
         ys.append(values[-1])
     return xs, ys
-
-
-@contextlib.contextmanager
-def _cpu_threads(n: int | None) -> Iterator[None]:
-    """Run with ``n`` torch intra-op threads (None: unchanged), restoring the setting afterwards."""
-    before = torch.get_num_threads()
-    if n is not None and n != before:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------------------------
@@ -731,7 +717,7 @@ class MIExplorer:
     def _run_worker(self, spec: _RunSpec) -> None:
         try:
             on_cpu = resolve_device(spec.device).type == "cpu"
-            with _cpu_threads(self.cpu_threads if on_cpu else None):
+            with use_cpu_threads(self.cpu_threads if on_cpu else None):
                 self._estimate(spec)
         except Exception as err:  # shown in the app, kept for inspection
             self._report_error(err, f"the run {spec.label} failed")
