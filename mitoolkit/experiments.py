@@ -76,7 +76,7 @@ DEFAULT_PCA_COMPONENTS = 32
 _METHOD_ALIASES = {"baseline": "none", "flatten": "none"}
 # estimate_mi options that compare_reducers sets itself, per row.
 _RESERVED = {"reducer", "reducer_x", "reducer_y", "seed", "device", "callbacks", "stop_event",
-             "progress", "label", "max_steps", "x", "y"}
+             "progress", "label", "max_steps", "cpu_threads", "x", "y"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,7 +183,8 @@ def compare_reducers(
     target : {"input", "label"}
         ``"input"``: I(X; T), ceiling ln N. ``"label"``: I(T; Y), ceiling ln K (K classes).
     n_samples : int, optional
-        Images used, class-balanced, chosen by ``data_seed``. Default: min(5000, images in the split).
+        Images used, class-balanced, chosen by ``data_seed``. Default: min(5000, images in the
+        split); a larger number uses all the images, with a warning.
     split : {"train", "test", "all"}
         Which images of a named dataset (the reference network is trained on "train"; "all" is
         train and test together). Ignored when ``dataset`` is an ImageDataset.
@@ -279,10 +280,11 @@ def compare_reducers(
         n_samples = min(DEFAULT_N_SAMPLES, n_total)
     _check_positive_int("n_samples", n_samples)
     if n_samples > n_total:
-        raise ValueError(
-            f"n_samples={n_samples} exceeds the {n_total} images of {data.name}; use n_samples<="
-            f"{n_total} (or split='all' for a named dataset's train and test images together)."
-        )
+        warnings.warn(
+            f"n_samples={n_samples} exceeds the {n_total} images of {data.name}: using all "
+            f"{n_total} (split='all' gives a named dataset's train and test images together).",
+            UserWarning, stacklevel=2)
+        n_samples = n_total
     skeleton = _model_skeleton(model, data, dataset_name)
     shapes = _layer_shapes(skeleton, data)
     _check_layers(layer_names, shapes, skeleton)
@@ -328,7 +330,7 @@ def compare_reducers(
             "ceiling_name": "ln N" if target == "input" else "ln K",
         }
         return _run(config, subset, net, torch_device, skipped, out_path, overwrite, report,
-                    transforms, callbacks, stop_event, on_row, progress)
+                    transforms, callbacks, stop_event, on_row, progress, cpu_threads)
 
 
 def _run(
@@ -345,6 +347,7 @@ def _run(
     stop_event: threading.Event | None,
     on_row: Callable[[ComparisonRow], None] | None,
     progress: bool,
+    cpu_threads: int | None,
 ) -> Comparison:
     """Run the rows that are not on disk yet; keep the files up to date as rows finish."""
     skip_keys = {(s["layer"], s["method"]) for s in skipped}
@@ -363,6 +366,8 @@ def _run(
         done = {key: row for key, row in found.items() if key in set(keys)}
         write_atomic(out_path / "config.json", json.dumps(config, indent=1))
     todo = [key for key in keys if key not in done]
+    # estimate_mi sets its own thread count when it can: give it ours.
+    threads = {"cpu_threads": cpu_threads} if "cpu_threads" in _ESTIMATE_DEFAULTS else {}
 
     rows: dict[tuple[str, str, int], ComparisonRow] = dict(done)
     state = {"interrupted": False, "failed": False}
@@ -413,7 +418,7 @@ def _run(
                 max_steps=config["max_steps"], device=device, seed=seed,
                 callbacks=row_callbacks, stop_event=stop_event, progress=False,
                 label=f"{layer} {METHOD_LABELS[method]} seed {seed}",
-                **config["estimator_options"],
+                **threads, **config["estimator_options"],
             )
             if result.flags.get("stopped"):
                 state["interrupted"] = True

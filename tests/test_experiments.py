@@ -253,3 +253,16 @@ def test_the_papers_three_findings_are_checked_from_the_summary():
     assert "faster: PCA-MINE yes, GAP-MINE yes" in pca_gap.detail
     assert not gap_lower.holds and str(gap_lower).startswith("GAP gives lower estimates than the others: does not hold")
     assert [f.holds for f in check_findings(paper_like[1:])] == [None, True, True]
+
+
+def test_more_samples_than_the_split_holds_uses_all_with_a_warning(model, monkeypatch):
+    class Reached(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Reached
+
+    monkeypatch.setattr(experiments, "collect_activations", stop)
+    with pytest.warns(UserWarning, match=r"n_samples=5000 exceeds the 1437 images of digits\[train\]: using all 1437"):
+        with pytest.raises(Reached):
+            compare_reducers("conv2", model=model, n_samples=5000, progress=False)
