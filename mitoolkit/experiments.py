@@ -35,7 +35,7 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ from mitoolkit.comparison import (
     write_atomic,
 )
 from mitoolkit.data import DATASETS, ImageDataset, balanced_indices, load_dataset, minor_transforms
-from mitoolkit.devices import resolve_device
+from mitoolkit.devices import cpu_threads as use_cpu_threads, resolve_device
 from mitoolkit.layers import Activations, collect_activations, list_layers
 from mitoolkit.mine import estimate_mi
 from mitoolkit.models import ReferenceCNN, train_reference_model
@@ -293,7 +293,7 @@ def compare_reducers(
         warnings.warn(f"skipping {METHOD_LABELS[item['method']]} on layer {item['layer']!r}: "
                       f"{item['reason']}", UserWarning, stacklevel=2)
 
-    with _cpu_threads(cpu_threads if torch_device.type == "cpu" else None):
+    with use_cpu_threads(cpu_threads if torch_device.type == "cpu" else None):
         net, model_description = _resolve_model(model, data, dataset_name, data_root, torch_device,
                                                 progress, skeleton)
         indices = balanced_indices(data.labels.numpy(), int(n_samples), seed=data_seed)
@@ -780,15 +780,3 @@ def _hash_tensors(tensors: Sequence[torch.Tensor]) -> str:
         digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
         digest.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-@contextlib.contextmanager
-def _cpu_threads(n: int | None) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if n is not None and n != before:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
