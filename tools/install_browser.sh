@@ -26,7 +26,10 @@ done
 START=$SECONDS
 
 say() { echo "install_browser.sh: $*" >&2; }
-left() { echo $(( BUDGET - (SECONDS - START) )); }
+left() {  # seconds left of the budget, at least 1 (`timeout 0` would mean no bound at all)
+    local n=$(( BUDGET - (SECONDS - START) ))
+    [ "$n" -ge 1 ] && echo "$n" || echo 1
+}
 fail() {
     say "FAILED: $1"
     say "to install by hand: $2"
@@ -82,7 +85,7 @@ timeout "$(left)" "${SUDO[@]}" "${APT[@]}" update -qq >&2
 rc=$?
 [ $rc = 124 ] && fail "apt-get update ran past the ${BUDGET} s budget" "$HOW_CHROMIUM"
 [ $rc != 0 ] && say "apt-get update exited $rc; trying the install with the lists there are"
-[ "$(left)" -gt 5 ] || fail "no time left for apt-get install" "$HOW_CHROMIUM"
+[ $(( BUDGET - (SECONDS - START) )) -gt 5 ] || fail "no time left for apt-get install" "$HOW_CHROMIUM"
 # fonts-liberation: readable text in the screenshot on machines without fonts (small).
 timeout "$(left)" "${SUDO[@]}" "${APT[@]}" install -y -qq --no-install-recommends chromium fonts-liberation >&2
 rc=$?
