@@ -78,13 +78,12 @@ def test_explorer_draws_a_live_curve_in_the_page(browser, lab_server, browser_ou
         _run_all_cells(page)
         explorer = _explorer(page, console)
 
-        run = explorer.locator(".widget-button", has_text=re.compile(r"^\s*Run\s*$"))
-        stop = explorer.locator(".widget-button", has_text=re.compile(r"^\s*Stop\s*$"))
-        clear = explorer.locator(".widget-button", has_text=re.compile(r"^\s*Clear\s*$"))
+        run, stop, clear = (_button(explorer, name) for name in ("Run", "Stop", "Clear"))
         # Many steps, so that only Stop (or early stopping, see below) ends the run.
-        steps = explorer.locator(".widget-inline-hbox", has=page.locator("label", has_text=re.compile(r"^steps$")))
-        steps.locator("input").fill(str(STEPS))
-        steps.locator("input").press("Enter")
+        steps = explorer.locator(".mitoolkit-steps input").or_(explorer.locator(
+            ".widget-inline-hbox", has=page.locator("label", has_text=re.compile(r"^steps$"))).locator("input"))
+        steps.fill(str(STEPS))
+        steps.press("Enter")
 
         for attempt in range(1, STOP_ATTEMPTS + 1):
             # Clear the earlier runs, so every point now in the figure comes from this Run.
@@ -97,8 +96,10 @@ def test_explorer_draws_a_live_curve_in_the_page(browser, lab_server, browser_ou
             page.wait_for_function(f"(root) => {{ const s = ({PLOT_STATE_JS})(root); return s && s.lines.some(n => n >= 3); }}",
                                    arg=explorer.element_handle(), timeout=CURVE_TIMEOUT_MS, polling=200)
             seconds_to_curve = time.monotonic() - started
-            live = explorer.evaluate(PLOT_STATE_JS)
+            live, status_running = explorer.evaluate(PLOT_STATE_JS), _status(explorer)
             stop.click()  # at once: the run must still be training when Stop arrives
+            # The run trains; once it has evaluated, the status shows the steps typed in the page.
+            assert re.search(rf"^training MINE|^step \d+/{STEPS} ", status_running), status_running
             status = _wait_for_status(page, explorer, r"^(stopped|finished|failed)")
             if status.startswith("stopped"):
                 break
@@ -115,7 +116,8 @@ def test_explorer_draws_a_live_curve_in_the_page(browser, lab_server, browser_ou
         final = explorer.evaluate(PLOT_STATE_JS)
         assert any(t["name"].endswith("(stopped)") for t in final["traces"]), final
         assert run.is_enabled() and stop.is_disabled(), "after Stop: Run enabled again, Stop disabled"
-        print(f"\ncurve in the page {seconds_to_curve:.1f} s after Run: {live}\nstatus after Stop: {status}")
+        print(f"\ncurve in the page {seconds_to_curve:.1f} s after Run: {live}\nstatus while running: "
+              f"{status_running}\nstatus after Stop: {status}")
     finally:
         _save_evidence(page, explorer, lab_server, browser_output, console)
         context.close()
@@ -152,7 +154,7 @@ def _run_all_cells(page) -> None:
 
 def _explorer(page, console: list[str]):
     """The explorer's output: the widget box holding the plotly figure; it must have rendered."""
-    run_button = page.locator(".widget-button", has_text=re.compile(r"^\s*Run\s*$"))
+    run_button = _button(page, "Run")
     explorer = page.locator(".jp-OutputArea-output").filter(has=page.locator(".js-plotly-plot")).filter(has=run_button)
     try:
         explorer.first.wait_for(state="visible", timeout=ACTION_TIMEOUT_MS)
@@ -175,11 +177,17 @@ def _explorer(page, console: list[str]):
     return explorer.first
 
 
+def _button(scope, name: str):
+    """An explorer button: by its CSS class mitoolkit-<name> when the app sets one, else its text."""
+    by_text = scope.locator(".widget-button", has_text=re.compile(rf"^\s*{name}\s*$"))
+    return scope.locator(f".mitoolkit-{name.lower()}").or_(by_text)
+
+
 def _status(explorer) -> str:
-    """The explorer's status line: the HTML widget in the row of the Run button."""
-    run = explorer.page.locator(".widget-button", has_text=re.compile(r"^\s*Run\s*$"))
-    row = explorer.locator(".widget-hbox", has=run)
-    return row.last.locator(".widget-html").inner_text().strip()
+    """The explorer's status line: class mitoolkit-status, else the HTML widget in the Run button's row."""
+    row = explorer.locator(".widget-hbox", has=_button(explorer.page, "Run"))
+    status = explorer.locator(".mitoolkit-status").or_(row.last.locator(".widget-html"))
+    return status.inner_text().strip()
 
 
 def _wait_for_status(page, explorer, pattern: str) -> str:
