@@ -16,6 +16,7 @@ there once and batches are drawn there.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import threading
 import time
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mitoolkit.bounds import BOUNDS, bound_value, training_loss
+from mitoolkit.bounds import BOUNDS, bound_value, infonce_value, training_loss
 from mitoolkit.callbacks import Callback, ProgressBar, RunInfo, overrides
 from mitoolkit.critics import MLPCritic
 from mitoolkit.devices import cpu_threads as use_cpu_threads, resolve_device
@@ -39,6 +40,7 @@ __all__ = ["estimate_mi", "split_indices", "PREPROCESSING"]
 PREPROCESSING: tuple[str, ...] = ("auto", "standardize", "quantile", "none")
 _EVAL_CHUNK = 4096  # samples per forward pass in evaluation
 _N_STDERR_CHUNKS = 10
+_NEAR_CEILING = 0.9  # InfoNCE is flagged near_log_batch above this share of ln(batch_size)
 _HEAVY_TAIL_KURTOSIS = 3.0  # excess kurtosis above which preprocess="auto" gaussianizes a feature
 _MIN_DISTINCT = 50  # ... provided it takes at least this many distinct values on the train split
 _VALID_MARGINALS = 8  # derangements per validation sample: ranks checkpoints at ~15 % of the step time
@@ -63,6 +65,7 @@ def estimate_mi(
     test_fraction: float = 0.5,
     valid_fraction: float = 0.5,
     ema_rate: float = 0.01,
+    clip: float = 5.0,
     eval_marginals: int = 256,
     preprocess: str = "auto",
     device: str | torch.device = "auto",
@@ -80,10 +83,11 @@ def estimate_mi(
     x, y : ndarray or Tensor of shape (N, ...)
         Paired samples: row i of x and row i of y are one draw of (X, Y). Any trailing shape;
         it is flattened unless a reducer says otherwise. 1-D arrays are one feature.
-    bound : {"mine", "dv", "mine-f"}
+    bound : {"mine", "dv", "mine-f", "nwj", "infonce", "smile"}
         ``"mine"``: Donsker-Varadhan bound with the bias-corrected (moving-average) gradient;
-        ``"dv"``: same bound, plain minibatch gradient; ``"mine-f"``: the f-divergence bound.
-        See :mod:`mitoolkit.bounds`.
+        ``"dv"``: same bound, plain minibatch gradient; ``"mine-f"`` / ``"nwj"``: the
+        f-divergence bound; ``"infonce"``: contrastive, at most ln(batch_size); ``"smile"``:
+        DV with a clipped partition term. :mod:`mitoolkit.bounds` gives their trade-offs.
     reducer : str or Reducer, optional
         Dimensionality reducer for both sides (``"none"``, ``"pca"``, ``"gap"``, ``"cnn"`` or an
         instance from :mod:`mitoolkit.reducers`); ``reducer_x`` / ``reducer_y`` override it per
@@ -109,6 +113,8 @@ def estimate_mi(
         Share of the held-out samples used for early stopping, in (0, 1); the rest give ``mi``.
     ema_rate : float
         Weight of each new batch in the moving average of the DV denominator (``bound="mine"``).
+    clip : float
+        SMILE's clip of the critic in the partition term (``bound="smile"`` only).
     eval_marginals : int
         Marginal pairs per test sample in the final evaluation (each from a different
         derangement of the test samples); more pairs lower the variance of the DV denominator.
@@ -151,7 +157,7 @@ def estimate_mi(
         "bound": bound, "width": width, "depth": depth, "activation": activation, "lr": lr,
         "batch_size": batch_size, "max_steps": max_steps, "eval_every": eval_every,
         "patience": patience, "test_fraction": test_fraction, "valid_fraction": valid_fraction,
-        "ema_rate": ema_rate, "eval_marginals": eval_marginals,  "preprocess": preprocess,
+        "ema_rate": ema_rate, "clip": clip, "eval_marginals": eval_marginals,  "preprocess": preprocess,
         "seed": seed,
     }
     _check_options(options)
@@ -212,6 +218,8 @@ def _check_options(options: dict[str, Any]) -> None:
             fail(name, "a fraction strictly between 0 and 1")
     if not 0.0 < float(options["ema_rate"]) <= 1.0:
         fail("ema_rate", "in (0, 1]")
+    if not float(options["clip"]) > 0.0:
+        fail("clip", "positive")
     if not float(options["lr"]) > 0.0:
         fail("lr", "positive")
     if not isinstance(options["seed"], (int, np.integer)) or isinstance(options["seed"], bool):
@@ -463,6 +471,11 @@ class _MineRun:
         scores = self.critic.head(torch.cat([hx + hy, hx + hy.roll(1, dims=1)], dim=1))
         return scores.split(idx.shape[1], dim=1)
 
+    def _score_matrix(self, idx: torch.Tensor) -> torch.Tensor:
+        """Scores of every pairing in the batch, S[k, i, j] = T_k(x_i, y_j): (K, B, B)."""
+        hx, hy = self._embeddings(idx)
+        return self.critic.head(hx[:, :, None, :] + hy[:, None, :, :])
+
     @torch.no_grad()
     def _heldout_scores(self, idx: torch.Tensor, n_marginals: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Joint scores (K, n) and marginal scores (K, n, R) for shifts 1..R of the held-out order."""
@@ -513,6 +526,9 @@ class _MineRun:
         else:
             mi, stderr = self._test_estimate()
         log.flags["above_log_n"] = bool(math.isfinite(mi) and mi > info.log_n)
+        if opts["bound"] == "infonce":
+            log.flags["near_log_batch"] = bool(
+                math.isfinite(mi) and mi > _NEAR_CEILING * math.log(opts["batch_size"]))
         self.modules.eval()
         result = MIResult(
             mi=mi, stderr=stderr, ci95=(mi - 1.96 * stderr, mi + 1.96 * stderr),
@@ -546,9 +562,14 @@ class _MineRun:
                 order = torch.rand(self.n_critics, n_train, generator=generator,
                                    device=self.device).argsort(dim=1)
             idx = self.splits["train"].gather(1, order[:, position * batch:(position + 1) * batch])
-            t_joint, t_marginal = self._joint_and_marginal(idx)
-            loss, value, log_ema = training_loss(opts["bound"], t_joint, t_marginal, log_ema,
-                                                 opts["ema_rate"])
+            if opts["bound"] == "infonce":
+                value = infonce_value(self._score_matrix(idx))
+                loss = -value
+                value = value.detach()
+            else:
+                t_joint, t_marginal = self._joint_and_marginal(idx)
+                loss, value, log_ema = training_loss(opts["bound"], t_joint, t_marginal, log_ema,
+                                                     opts["ema_rate"], clip=opts["clip"])
             optimizer.zero_grad(set_to_none=True)
             loss.sum().backward()
             optimizer.step()
@@ -578,30 +599,46 @@ class _MineRun:
         log.flush()
 
     def _validation_value(self) -> torch.Tensor:
-        """Bound on the validation samples, marginals from ``eval_marginals`` fixed derangements: (K,)."""
+        """The bound on the validation samples: (K,). Fewer marginal pairs than the test."""
         was_training = self.modules.training
-        self.modules.eval()
-        n_marginals = min(_VALID_MARGINALS, self.splits["valid"].shape[1] - 1)
-        joint, marginal = self._heldout_scores(self.splits["valid"], n_marginals)
+        estimate, _ = self._heldout_value(self.splits["valid"], _VALID_MARGINALS)
         self.modules.train(was_training)
-        return bound_value(self.options["bound"], joint, marginal.reshape(marginal.shape[0], -1))
+        return estimate
 
     def _test_estimate(self) -> tuple[float, float]:
         """The reported estimate on the test samples and its standard error (critic 0)."""
+        estimate, parts = self._heldout_value(self.splits["test"], self.options["eval_marginals"])
+        spread = parts[0]
+        stderr = float(spread.std() / math.sqrt(len(spread))) if len(spread) > 1 else math.nan
+        return float(estimate[0]), stderr
+
+    @torch.no_grad()
+    def _heldout_value(self, idx: torch.Tensor, n_marginals: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bound on held-out samples ``idx`` (K, n), with the critic in eval mode.
+
+        Returns
+        -------
+        estimate : Tensor (K,)
+        parts : Tensor (K, P)
+            The bound on P disjoint groups of the samples; their spread gives the standard error.
+        """
         self.modules.eval()
-        n_test = self.splits["test"].shape[1]
-        n_marginals = min(self.options["eval_marginals"], n_test - 1)
-        joint, marginal = self._heldout_scores(self.splits["test"], n_marginals)
-        bound = self.options["bound"]
-        estimate = bound_value(bound, joint, marginal.reshape(marginal.shape[0], -1))[0]
-        n_chunks = min(_N_STDERR_CHUNKS, n_test // 2)
-        parts = [
-            bound_value(bound, j, m.reshape(m.shape[0], -1))[0]
-            for j, m in zip(joint.chunk(n_chunks, dim=1), marginal.chunk(n_chunks, dim=1))
-        ]
-        spread = torch.stack(parts)
-        stderr = float(spread.std() / math.sqrt(len(parts))) if len(parts) > 1 else math.nan
-        return float(estimate), stderr
+        n = idx.shape[1]
+        if self.options["bound"] == "infonce":
+            # Batches of the training batch size, so the ceiling is ln(batch_size) as in training.
+            size = min(self.options["batch_size"], n)
+            parts = torch.stack([infonce_value(self._score_matrix(part))
+                                 for part in idx[:, : n - n % size].split(size, dim=1)], dim=1)
+            return parts.mean(dim=1), parts
+        joint, marginal = self._heldout_scores(idx, min(n_marginals, n - 1))
+        value = functools.partial(bound_value, self.options["bound"], clip=self.options["clip"])
+        estimate = value(joint, marginal.reshape(marginal.shape[0], -1))
+        n_parts = min(_N_STDERR_CHUNKS, n // 2)
+        parts = torch.stack([
+            value(j, m.reshape(m.shape[0], -1))
+            for j, m in zip(joint.chunk(n_parts, dim=1), marginal.chunk(n_parts, dim=1))
+        ], dim=1)
+        return estimate, parts
 
 
 class _TrainingLog:

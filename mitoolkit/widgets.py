@@ -43,7 +43,7 @@ from mitoolkit.models import train_reference_model
 from mitoolkit.reducers import make_reducer
 from mitoolkit.results import MIResult
 
-__all__ = ["LivePlot", "MIExplorer", "new_figure"]
+__all__ = ["LivePlane", "LivePlot", "MIExplorer", "new_figure"]
 
 _PALETTE = qualitative.Plotly
 _REDUCER_LABELS = {"none": "none (flatten)", "pca": "PCA", "cnn": "CNN", "gap": "GAP"}
@@ -78,7 +78,8 @@ def new_figure(*, title: str | None = None, height: int = 420) -> go.FigureWidge
         xaxis_title="training step",
         yaxis_title="mutual information (nats)",
         margin={"l": 60, "r": 20, "t": 50 if title else 20, "b": 50},
-        legend={"orientation": "v", "x": 1.02, "y": 1.0},
+        # Below the plot: long run names on the right squeezed the plot to a fifth of its width.
+        legend={"orientation": "h", "x": 0.0, "y": -0.2, "yanchor": "top"},
         hovermode="x unified",
     )
     return fig
@@ -530,6 +531,11 @@ class MIExplorer:
             self.table,
             self.log,
         ])
+        # Stable hooks for page-level tests and user CSS (tests/browser finds controls by them).
+        for element, css in [(self.widget, "explorer"), (self.run_button, "run"),
+                             (self.stop_button, "stop"), (self.clear_button, "clear"),
+                             (self.steps_input, "steps"), (self.status, "status")]:
+            element.add_class(f"mitoolkit-{css}")
         self._show_option(reducer)
 
     def _connect(self) -> None:
@@ -836,3 +842,70 @@ def _run_state(result: MIResult) -> str:
 
 def _shape(shape: tuple[int, ...] | None) -> str:
     return "×".join(map(str, shape)) if shape else "?"
+
+
+# --------------------------------------------------------------------------------------------
+# LivePlane (issue 8): the information plane, drawn as information_plane's rows arrive
+# --------------------------------------------------------------------------------------------
+
+
+class LivePlane:
+    """Draw the information plane live: pass it as ``on_row`` to
+    :func:`mitoolkit.experiments.information_plane` and display ``.figure``.
+
+    Each finished estimate redraws the paths (one per layer, coloured by epoch, with error bars and
+    the ceilings ln N and ln K) by :func:`mitoolkit.plane.update_plane_figure`, inside one
+    ``batch_update``; a point appears once both I(X; T) and I(T; Y) of its (epoch, layer) are in.
+    Rows read back from a resumed run's folder are drawn first.
+
+    Parameters
+    ----------
+    fig : plotly.graph_objects.FigureWidget, optional
+        Figure to draw in; default a new one.
+    layers : sequence of str, optional
+        Order of the paths (shallowest first); default the order rows arrive in.
+    epochs : int, optional
+        The last epoch E, the top of the colour scale; default the largest epoch seen so far.
+    title : str, optional
+    height : int
+        Pixels.
+
+    Attributes
+    ----------
+    figure : FigureWidget
+    rows : list of PlaneRow
+        The rows drawn, in arrival order.
+    """
+
+    def __init__(
+        self,
+        fig: go.FigureWidget | None = None,
+        *,
+        layers: list[str] | tuple[str, ...] | None = None,
+        epochs: int | None = None,
+        title: str | None = "Information plane (live)",
+        height: int = 560,
+    ) -> None:
+        from mitoolkit.plane import _figure_layout
+
+        if fig is not None and not isinstance(fig, go.FigureWidget):
+            raise ValueError(
+                f"fig must be a plotly.graph_objects.FigureWidget (or None for a new one); received "
+                f"{type(fig).__name__}. Wrap a Figure with go.FigureWidget(fig)."
+            )
+        self.figure = fig if fig is not None else go.FigureWidget()
+        _figure_layout(self.figure, title, height)
+        self.layers = list(layers) if layers is not None else None
+        self.epochs = epochs
+        self.rows: list[Any] = []
+
+    def __call__(self, row: Any) -> None:
+        """Add one :class:`~mitoolkit.plane.PlaneRow` and redraw."""
+        from mitoolkit.plane import update_plane_figure
+
+        self.rows.append(row)
+        with self.figure.batch_update():
+            update_plane_figure(self.figure, self.rows, layers=self.layers, max_epoch=self.epochs)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.figure._repr_mimebundle_(**kwargs)
