@@ -12,8 +12,31 @@ from mitoolkit.reducers import make_reducer
 from mitoolkit.results import History, MIResult
 
 __version__ = "0.1.0"
+
+# Imported on first use: they pull in torchvision, which `import mitoolkit` need not pay for.
+_LAZY = {
+    "load_dataset": "mitoolkit.data",
+    "minor_transforms": "mitoolkit.data",
+    "list_layers": "mitoolkit.layers",
+    "collect_activations": "mitoolkit.layers",
+    "train_reference_model": "mitoolkit.models",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mitoolkit' has no attribute {name!r}")
+
 __all__ = [
     "estimate_mi",
+    "load_dataset",
+    "minor_transforms",
+    "list_layers",
+    "collect_activations",
+    "train_reference_model",
     "MIResult",
     "History",
     "Callback",
