@@ -147,6 +147,71 @@ def cubic_gaussian(n: int, *, d: int = 3, rho: float = 0.8, seed: int = 0) -> Ta
     return x, y**3, mi
 
 
+def sparse_gaussian(n: int, *, d: int = 25, informative: int = 2, rho: float = 0.9,
+                    seed: int = 0) -> Task:
+    """x and y of dimension d each, of which only the first ``informative`` pairs are correlated.
+
+    Returns
+    -------
+    x, y : ndarray of shape (N, d), float32; true_mi : float, ``-informative/2 ln(1 - rho^2)``
+    """
+    _check_positive_int("d", d)
+    _check_positive_int("informative", informative)
+    if informative > d:
+        raise ValueError(f"informative must be at most d={d}; received {informative!r}.")
+    x, y, mi = correlated_gaussian(n, d=d, rho=rho, seed=seed)
+    rng = np.random.default_rng([seed, 1])
+    y[:, informative:] = rng.standard_normal((n, d - informative)).astype(np.float32)
+    return x, y, mi * informative / d
+
+
+def student_t_mi(*, d: int, rho: float, df: float) -> float:
+    """I(X; Y) in nats of the multivariate Student-t of :func:`student_t`.
+
+    With m = 2d and psi the digamma function, the entropy of a d-dimensional t with df degrees of
+    freedom contains ``-ln G((df+d)/2) + (df+d)/2 [psi((df+d)/2) - psi(df/2)]`` beyond its
+    Gaussian-like terms, so MI = (Gaussian MI of the same correlation) + c(df, d) with
+    ``c = ln G((df+m)/2) + ln G(df/2) - 2 ln G((df+d)/2)
+    + df+d [psi((df+d)/2) - psi(df/2)] - (df+m)/2 [psi((df+m)/2) - psi(df/2)]``
+    (Arellano-Valle, Contreras-Reyes and Genton 2013). c > 0: the shared scale adds dependence.
+    """
+    from scipy.special import digamma, gammaln
+
+    m = 2 * d
+    half, half_d, half_m = df / 2.0, (df + d) / 2.0, (df + m) / 2.0
+    correction = (gammaln(half_m) + gammaln(half) - 2.0 * gammaln(half_d)
+                  + (df + d) * (digamma(half_d) - digamma(half))
+                  - half_m * (digamma(half_m) - digamma(half)))
+    return -0.5 * d * math.log(1.0 - rho**2) + float(correction)
+
+
+def student_t(n: int, *, d: int = 2, rho: float = 0.5, df: float = 3.0, seed: int = 0) -> Task:
+    """Heavy tails: a bivariate-pairs Student-t with ``df`` degrees of freedom.
+
+    A correlated Gaussian pair (z_x, z_y) divided by one shared sqrt(chi2(df) / df).
+
+    Returns
+    -------
+    x, y : ndarray of shape (N, d), float32; true_mi : float (nats), see :func:`student_t_mi`
+    """
+    _check_positive_int("n", n)
+    _check_positive_int("d", d)
+    if not df > 0:
+        raise ValueError(f"df must be positive; received {df!r}.")
+    x, y, _ = correlated_gaussian(n, d=d, rho=rho, seed=seed)
+    rng = np.random.default_rng([seed, 2])
+    scale = np.sqrt(rng.chisquare(df, size=(n, 1)) / df).astype(np.float32)
+    return x / scale, y / scale, student_t_mi(d=d, rho=rho, df=df)
+
+
+def gaussian_with_mi(n: int, *, mi: float, d: int = 5, seed: int = 0) -> Task:
+    """A correlated Gaussian pair of dimension d whose MI is exactly ``mi`` nats (staircases)."""
+    if not mi > 0:
+        raise ValueError(f"mi must be positive; received {mi!r}.")
+    rho = math.sqrt(1.0 - math.exp(-2.0 * mi / d))
+    return correlated_gaussian(n, d=d, rho=rho, seed=seed)
+
+
 def independent(n: int, *, d: int = 10, seed: int = 0) -> Task:
     """Independent standard normal x and y of dimension d each: I(X; Y) = 0.
 

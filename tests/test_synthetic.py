@@ -53,3 +53,23 @@ def test_cubic_keeps_the_truth_and_independent_is_zero():
 def test_bad_parameters(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_student_t_formula_tends_to_the_gaussian_and_matches_knn():
+    from sklearn.feature_selection import mutual_info_regression
+
+    gaussian = synthetic.correlated_gaussian(2, d=2, rho=0.5)[2]
+    assert synthetic.student_t_mi(d=2, rho=0.5, df=1e7) == pytest.approx(gaussian, abs=1e-5)
+    assert synthetic.student_t_mi(d=2, rho=0.5, df=3) > gaussian + 0.05  # shared scale adds MI
+    x, y, true_mi = synthetic.student_t(20000, d=1, rho=0.5, df=3, seed=0)
+    knn = mutual_info_regression(x, y[:, 0], n_neighbors=5, random_state=0)[0]
+    assert knn == pytest.approx(true_mi, abs=0.03)
+
+
+def test_sparse_and_staircase_truths():
+    x, y, mi = synthetic.sparse_gaussian(5000, d=25, informative=2, rho=0.9)
+    assert x.shape == y.shape == (5000, 25)
+    assert mi == pytest.approx(-math.log(1 - 0.81))
+    assert abs(np.corrcoef(x[:, 5], y[:, 5])[0, 1]) < 0.05
+    assert np.corrcoef(x[:, 1], y[:, 1])[0, 1] == pytest.approx(0.9, abs=0.02)
+    assert synthetic.gaussian_with_mi(10, mi=6.0, d=5)[2] == pytest.approx(6.0)
