@@ -780,3 +780,13 @@ def _hash_tensors(tensors: Sequence[torch.Tensor]) -> str:
         digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
         digest.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# The information plane (issue 8): lives in mitoolkit.plane, re-exported here
+# --------------------------------------------------------------------------------------------
+
+# At the end: mitoolkit.plane imports this module's helpers lazily, so either may be imported first.
+from mitoolkit.plane import information_plane as information_plane  # re-export
+
+__all__.append("information_plane")

@@ -854,7 +854,7 @@ class LivePlane:
     :func:`mitoolkit.experiments.information_plane` and display ``.figure``.
 
     Each finished estimate redraws the paths (one per layer, coloured by epoch, with error bars and
-    the ceilings ln N and ln K) by :func:`mitoolkit.plane.update_plane_figure`, inside one
+    the ceilings ln N and ln K) by :func:`mitoolkit.plane_report.update_plane_figure`, inside one
     ``batch_update``; a point appears once both I(X; T) and I(T; Y) of its (epoch, layer) are in.
     Rows read back from a resumed run's folder are drawn first.
 
@@ -886,7 +886,7 @@ class LivePlane:
         title: str | None = "Information plane (live)",
         height: int = 560,
     ) -> None:
-        from mitoolkit.plane import _figure_layout
+        from mitoolkit.plane_report import _figure_layout
 
         if fig is not None and not isinstance(fig, go.FigureWidget):
             raise ValueError(
@@ -901,7 +901,7 @@ class LivePlane:
 
     def __call__(self, row: Any) -> None:
         """Add one :class:`~mitoolkit.plane.PlaneRow` and redraw."""
-        from mitoolkit.plane import update_plane_figure
+        from mitoolkit.plane_report import update_plane_figure
 
         self.rows.append(row)
         with self.figure.batch_update():
