@@ -7,12 +7,17 @@
     command again resumes an interrupted run.
 ``mitoolkit layers``
     The layer names of a model, with their output shapes, to choose ``--layer``.
+``mitoolkit plane``
+    The information plane: trains the reference network and measures I(X; T) and I(T; Y) of the
+    layers at chosen epochs; writes ``plane.json``, ``plane.csv``, ``plane.html`` and a checkpoint
+    per epoch into ``--out``, prints the summary table. The same command again resumes.
 
 Examples::
 
     mitoolkit layers --dataset digits
     mitoolkit compare --dataset digits --layer conv2 --seeds 5 --out results/digits
     mitoolkit compare --dataset cifar10 --data-root ~/data --layer conv2 --layer conv3 --out results/c10
+    mitoolkit plane --dataset digits --layer conv1 --layer conv2 --epochs 10 --measure-epochs 0,1,2,5,10
 
 Exit status: 0 done, 2 bad arguments or missing data (nothing computed), 130 interrupted (the
 finished rows are kept).
@@ -40,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mutual information inside trained neural networks: MINE with dimensionality "
                     "reducers (the comparison of Namekawa & Tezuka).",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{compare,layers}", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="{compare,layers,plane}", required=True)
 
     def add_data_and_model(p: argparse.ArgumentParser) -> None:
         p.add_argument("--dataset", default="digits", choices=DATASETS,
@@ -102,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     layers = sub.add_parser("layers", help="list a model's layers with their output shapes",
                             description="List the layer names (for --layer) with their output shapes.")
     add_data_and_model(layers)
+    from mitoolkit.cli_plane import add_plane_parser
+
+    add_plane_parser(sub)
     return parser
 
 
@@ -120,6 +128,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     try:
         if args.command == "layers":
             return _layers(args)
+        if args.command == "plane":
+            from mitoolkit.cli_plane import run_plane
+
+            return run_plane(args)
         return _compare(args)
     except (ValueError, DatasetNotFoundError, ImportError) as err:
         print(f"mitoolkit {args.command}: error: {err}", file=sys.stderr)
