@@ -21,7 +21,6 @@ import math
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -32,17 +31,15 @@ from mitoolkit.bounds import BOUNDS, bound_value, infonce_value, training_loss
 from mitoolkit.callbacks import Callback, ProgressBar, RunInfo, overrides
 from mitoolkit.critics import MLPCritic
 from mitoolkit.devices import cpu_threads as use_cpu_threads, resolve_device
-from mitoolkit.reducers import Reducer, make_reducer
+from mitoolkit.features import PREPROCESSING, FeatureSide, prepare_side
+from mitoolkit.reducers import Reducer
 from mitoolkit.results import History, MIResult
 
 __all__ = ["estimate_mi", "split_indices", "PREPROCESSING"]
 
-PREPROCESSING: tuple[str, ...] = ("auto", "standardize", "quantile", "none")
 _EVAL_CHUNK = 4096  # samples per forward pass in evaluation
 _N_STDERR_CHUNKS = 10
 _NEAR_CEILING = 0.9  # InfoNCE is flagged near_log_batch above this share of ln(batch_size)
-_HEAVY_TAIL_KURTOSIS = 3.0  # excess kurtosis above which preprocess="auto" gaussianizes a feature
-_MIN_DISTINCT = 50  # ... provided it takes at least this many distinct values on the train split
 _VALID_MARGINALS = 8  # derangements per validation sample: ranks checkpoints at ~15 % of the step time
 
 
@@ -182,8 +179,8 @@ def estimate_mi(
     spec_y = reducer_y if reducer_y is not None else reducer
     if isinstance(spec_y, Reducer) and spec_y is spec_x:
         spec_y = copy.deepcopy(spec_y)  # one instance for both sides: each side fits its own
-    side_x = _prepare_side("x", x_data, spec_x, splits["train"], preprocess, seed)
-    side_y = _prepare_side("y", y_data, spec_y, splits["train"], preprocess, seed + 1)
+    side_x = prepare_side("x", x_data, spec_x, splits["train"], preprocess, seed)
+    side_y = prepare_side("y", y_data, spec_y, splits["train"], preprocess, seed + 1)
     options["reducer_x"] = side_x.info
     options["reducer_y"] = side_y.info
     all_callbacks = list(callbacks)
@@ -308,123 +305,6 @@ def split_indices(
     }
 
 
-# --------------------------------------------------------------------------- one side of the pair
-
-
-@dataclass
-class _Side:
-    """One side's data on the device, its standardization and its (optional) trainable encoder."""
-
-    data: torch.Tensor  # (N, *shape)
-    mean: torch.Tensor  # (K, 1, *shape)
-    inv_std: torch.Tensor  # (K, 1, *shape)
-    encoder: nn.Module | None
-    dim: int
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def features(self, idx: torch.Tensor) -> torch.Tensor:
-        """Standardized (and encoded) features of samples ``idx`` (K, B) -> (K, B, dim)."""
-        batch = (self.data[idx] - self.mean) * self.inv_std
-        n_critics, size = idx.shape
-        if self.encoder is not None:
-            return self.encoder(batch.reshape(n_critics * size, *batch.shape[2:])).reshape(
-                n_critics, size, -1)
-        return batch.reshape(n_critics, size, -1)
-
-
-def _prepare_side(
-    name: str,
-    data: torch.Tensor,
-    reducer_spec: str | Reducer | None,
-    train_idx: torch.Tensor,
-    preprocess: str,
-    seed: int,
-) -> _Side:
-    """Fit the reducer and the preprocessing on the training samples; build trainable encoders."""
-    started = time.perf_counter()
-    reducer = make_reducer(reducer_spec)
-    train_data = data[train_idx[0]]
-    try:
-        reducer.fit(train_data)
-    except ValueError as err:
-        raise ValueError(f"reducer for {name}: {err}") from None
-    encoder = None
-    gaussianized = 0
-    if reducer.trainable:
-        encoder = reducer.build(seed=seed).to(data.device)
-        features = data
-    else:
-        features = reducer.transform(data)
-        if preprocess in ("auto", "quantile"):
-            features, gaussianized = _gaussianize(features, train_idx[0], seed,
-                                                  heavy_tailed_only=preprocess == "auto")
-    train_features = features[train_idx[0]]
-    if preprocess == "none":
-        mean = torch.zeros_like(train_features[0])
-        inv_std = torch.ones_like(train_features[0])
-    else:
-        mean = train_features.mean(dim=0)
-        std = train_features.std(dim=0)
-        # Constant up to rounding (relative to the feature's size): leave it unscaled, else
-        # standardization would blow rounding noise up to unit variance.
-        constant = std <= 1e-6 * train_features.abs().amax(dim=0).clamp_min(1e-30)
-        inv_std = torch.where(constant, torch.ones_like(std), 1.0 / std.clamp_min(1e-30))
-    if encoder is not None:
-        was_training = encoder.training
-        encoder.eval()
-        with torch.no_grad():
-            dim = int(encoder(train_features[:2]).shape[-1])
-        encoder.train(was_training)
-    else:
-        dim = int(np.prod(features.shape[1:]))
-    info = reducer.describe()
-    info.update(input_shape=list(data.shape[1:]), output_dim=dim,
-                gaussianized_features=gaussianized, fit_seconds=time.perf_counter() - started)
-    return _Side(features, mean[None, None], inv_std[None, None], encoder, dim, info)
-
-
-def _gaussianize(
-    features: torch.Tensor, train_idx: torch.Tensor, seed: int, *, heavy_tailed_only: bool
-) -> tuple[torch.Tensor, int]:
-    """Map features through their train-split quantiles to a standard normal (scikit-learn).
-
-    The map is monotone per feature, hence invertible on the data: MI is unchanged, while heavy
-    tails and outliers, which make the critic's job hard, are tamed. With ``heavy_tailed_only``,
-    only features with excess kurtosis above :data:`_HEAVY_TAIL_KURTOSIS` and at least
-    :data:`_MIN_DISTINCT` distinct train values are mapped (Gaussian-like or discrete features,
-    such as one-hot labels, are left alone).
-
-    Returns
-    -------
-    features : Tensor, same shape as the input
-    n_mapped : int
-        How many features were mapped.
-    """
-    from sklearn.preprocessing import QuantileTransformer
-
-    flat = features.reshape(features.shape[0], -1)
-    train = flat[train_idx]
-    if heavy_tailed_only:
-        z = (train - train.mean(dim=0)) / train.std(dim=0).clamp_min(1e-12)
-        kurtosis = z.pow(4).mean(dim=0) - 3.0
-        ordered = train.sort(dim=0).values
-        distinct = (ordered[1:] != ordered[:-1]).sum(dim=0) + 1
-        columns = ((kurtosis > _HEAVY_TAIL_KURTOSIS) & (distinct >= _MIN_DISTINCT)).nonzero().flatten()
-    else:
-        columns = torch.arange(flat.shape[1], device=flat.device)
-    if len(columns) == 0:
-        return features, 0
-    chosen = flat[:, columns].cpu().double().numpy()
-    transformer = QuantileTransformer(
-        n_quantiles=min(1000, len(train_idx)), output_distribution="normal", random_state=seed
-    )
-    transformer.fit(chosen[train_idx.cpu().numpy()])
-    mapped = flat.clone()
-    mapped[:, columns] = torch.as_tensor(transformer.transform(chosen), dtype=flat.dtype,
-                                         device=flat.device)
-    return mapped.reshape(features.shape), len(columns)
-
-
 # --------------------------------------------------------------------------- the training run
 
 
@@ -433,8 +313,8 @@ class _MineRun:
 
     def __init__(
         self,
-        side_x: _Side,
-        side_y: _Side,
+        side_x: FeatureSide,
+        side_y: FeatureSide,
         splits: dict[str, torch.Tensor],
         options: dict[str, Any],
         device: torch.device,
