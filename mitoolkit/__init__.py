@@ -7,7 +7,7 @@
 from mitoolkit import synthetic
 from mitoolkit.callbacks import Callback, ProgressBar, RunInfo, StopAfter
 from mitoolkit.devices import resolve_device
-from mitoolkit.mine import estimate_mi
+from mitoolkit.mine import estimate_mi, estimate_mi_seeds
 from mitoolkit.reducers import make_reducer
 from mitoolkit.results import History, MIResult
 
@@ -32,6 +32,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "estimate_mi",
+    "estimate_mi_seeds",
     "load_dataset",
     "minor_transforms",
     "list_layers",

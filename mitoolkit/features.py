@@ -6,6 +6,7 @@ split only, then returns a :class:`FeatureSide` from which the training loop dra
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,7 @@ from torch import nn
 
 from mitoolkit.reducers import Reducer, make_reducer
 
-__all__ = ["FeatureSide", "prepare_side", "gaussianize", "PREPROCESSING"]
+__all__ = ["FeatureSide", "prepare_side", "prepare_sides", "gaussianize", "PREPROCESSING"]
 
 PREPROCESSING: tuple[str, ...] = ("auto", "standardize", "quantile", "none")
 _HEAVY_TAIL_KURTOSIS = 3.0  # excess kurtosis above which preprocess="auto" gaussianizes a feature
@@ -27,16 +28,21 @@ _MIN_DISTINCT = 50  # ... provided it takes at least this many distinct values o
 class FeatureSide:
     """One side's data on the device, its standardization and its (optional) trainable encoder."""
 
-    data: torch.Tensor  # (N, *shape)
+    data: torch.Tensor  # (N, *shape) shared by the K critics, or (K, N, *shape) when per_critic
     mean: torch.Tensor  # (K, 1, *shape)
     inv_std: torch.Tensor  # (K, 1, *shape)
     encoder: nn.Module | None
     dim: int
     info: dict[str, Any] = field(default_factory=dict)
+    per_critic: bool = False  # data has a leading K dimension (features fit per split)
 
     def features(self, idx: torch.Tensor) -> torch.Tensor:
         """Standardized (and encoded) features of samples ``idx`` (K, B) -> (K, B, dim)."""
-        batch = (self.data[idx] - self.mean) * self.inv_std
+        if self.per_critic:
+            rows = torch.arange(idx.shape[0], device=idx.device)[:, None]
+            batch = (self.data[rows, idx] - self.mean) * self.inv_std
+        else:
+            batch = (self.data[idx] - self.mean) * self.inv_std
         n_critics, size = idx.shape
         if self.encoder is not None:
             return self.encoder(batch.reshape(n_critics * size, *batch.shape[2:])).reshape(
@@ -93,6 +99,44 @@ def prepare_side(
     info.update(input_shape=list(data.shape[1:]), output_dim=dim,
                 gaussianized_features=gaussianized, fit_seconds=time.perf_counter() - started)
     return FeatureSide(features, mean[None, None], inv_std[None, None], encoder, dim, info)
+
+
+def prepare_sides(
+    name: str,
+    data: torch.Tensor,
+    reducer_spec: str | Reducer | None,
+    train_idx: torch.Tensor,
+    preprocess: str,
+    seeds: list[int],
+) -> FeatureSide | None:
+    """:func:`prepare_side` for K critics, each fit on its own train split (row k of ``train_idx``).
+
+    Features that do not depend on the split (flatten, global average pooling, no gaussianized
+    feature) are kept once, (N, ...), with per-critic mean and std (K, 1, ...); features fit per
+    split (PCA, gaussianized features) are stacked per critic, (K, N, d). Trainable reducers are
+    not supported (None), nor reduced widths that differ between splits (None): the caller then
+    runs the seeds one by one.
+    """
+    if make_reducer(reducer_spec).trainable:
+        return None
+    sides = []
+    for k, seed in enumerate(seeds):
+        spec = copy.deepcopy(reducer_spec) if isinstance(reducer_spec, Reducer) else reducer_spec
+        sides.append(prepare_side(name, data, spec, train_idx[k:k + 1], preprocess, seed))
+    if len({side.dim for side in sides}) > 1:
+        return None
+    first = sides[0]
+    shared = all(
+        side.data is first.data or (side.data.shape == first.data.shape
+                                    and torch.equal(side.data, first.data))
+        for side in sides[1:]
+    )
+    data_k = first.data if shared else torch.stack([side.data for side in sides])
+    info = dict(first.info, fit_seconds=sum(side.info["fit_seconds"] for side in sides))
+    return FeatureSide(
+        data_k, torch.cat([side.mean for side in sides]), torch.cat([side.inv_std for side in sides]),
+        None, first.dim, info, per_critic=not shared,
+    )
 
 
 def gaussianize(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import math
 import threading
 import time
@@ -31,11 +32,11 @@ from mitoolkit.bounds import BOUNDS, bound_value, infonce_value, training_loss
 from mitoolkit.callbacks import Callback, ProgressBar, RunInfo, overrides
 from mitoolkit.critics import MLPCritic
 from mitoolkit.devices import cpu_threads as use_cpu_threads, resolve_device
-from mitoolkit.features import PREPROCESSING, FeatureSide, prepare_side
-from mitoolkit.reducers import Reducer
+from mitoolkit.features import PREPROCESSING, FeatureSide, prepare_side, prepare_sides
+from mitoolkit.reducers import Reducer, make_reducer
 from mitoolkit.results import History, MIResult
 
-__all__ = ["estimate_mi", "split_indices", "PREPROCESSING"]
+__all__ = ["estimate_mi", "estimate_mi_seeds", "split_indices", "PREPROCESSING"]
 
 _EVAL_CHUNK = 4096  # samples per forward pass in evaluation
 _N_STDERR_CHUNKS = 10
@@ -149,16 +150,95 @@ def estimate_mi(
     ValueError
         On inconsistent or invalid input, naming the parameter, what was received and what to do.
     """
+    settings = {name: value for name, value in locals().items() if name not in ("x", "y", "seed")}
+    return _estimate(x, y, [seed], settings)[0]
+
+
+def estimate_mi_seeds(
+    x: np.ndarray | torch.Tensor,
+    y: np.ndarray | torch.Tensor,
+    *,
+    seeds: Sequence[int],
+    **options: Any,
+) -> list[MIResult]:
+    """Estimate I(X; Y) in nats once per seed, training the K = len(seeds) critics together.
+
+    Result k is distributed as ``estimate_mi(x, y, seed=seeds[k], **options)``: its own
+    train/validation/test split, critic initialisation, batches, moving average, early stopping
+    (a critic out of patience keeps its best snapshot and its history ends there while the others
+    go on), test estimate and flags. The K critics share one vectorized pass (stacked parameters,
+    batched products), which costs far less than K runs on small critics.
+
+    Parameters
+    ----------
+    x, y : ndarray or Tensor of shape (N, ...)
+        As in :func:`estimate_mi`.
+    seeds : sequence of int
+        One estimate per seed, in this order.
+    **options
+        Any other option of :func:`estimate_mi` (not ``seed``).
+
+    Returns
+    -------
+    list of MIResult
+        One per seed. ``seconds`` is the time of the whole shared pass.
+
+    Notes
+    -----
+    Trainable reducers (``"cnn"``), and fixed reducers whose reduced width differs between splits,
+    run the seeds one by one. Callbacks and the progress bar follow critic 0 (on_start, on_step,
+    on_eval while it trains, on_end with its result); a stop they ask for, or ``stop_event``,
+    stops all critics.
+
+    Raises
+    ------
+    ValueError
+        On an empty or non-integer ``seeds``, ``seed`` among the options, an unknown option, or any
+        error :func:`estimate_mi` raises.
+    """
+    if "seed" in options:
+        raise ValueError("estimate_mi_seeds takes seeds=[...], not seed; received seed="
+                         f"{options['seed']!r}. Pass seeds=[{options['seed']!r}] for one seed.")
+    known = {name: p.default for name, p in inspect.signature(estimate_mi).parameters.items()
+             if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "seed"}
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for estimate_mi_seeds; it "
+                         f"accepts seeds and {', '.join(known)}.")
+    if (isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or not seeds
+            or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in seeds)):
+        raise ValueError(f"seeds must be a non-empty sequence of integers; received {seeds!r}.")
+    settings = {**known, **options}
+    seed_list = [int(s) for s in seeds]
+    if len(seed_list) > 1 and any(
+        make_reducer(settings[name] if settings[name] is not None else settings["reducer"]).trainable
+        for name in ("reducer_x", "reducer_y")
+    ):
+        return _one_by_one(x, y, seed_list, settings)
+    return _estimate(x, y, seed_list, settings)
+
+
+def _one_by_one(x: Any, y: Any, seeds: list[int], settings: dict[str, Any]) -> list[MIResult]:
+    """Separate runs, one per seed (trainable reducers; per-split reduced widths that differ)."""
+    results = []
+    for seed in seeds:
+        spec = {k: copy.deepcopy(v) if isinstance(v, Reducer) else v for k, v in settings.items()}
+        results.append(estimate_mi(x, y, seed=seed, **spec))
+        if results[-1].flags["stopped"]:
+            break
+    return results
+
+
+def _estimate(x: Any, y: Any, seeds: list[int], settings: dict[str, Any]) -> list[MIResult]:
+    """Checks, split, features and the training of K = len(seeds) critics; one result per seed."""
     started = time.perf_counter()
-    options = {
-        "bound": bound, "width": width, "depth": depth, "activation": activation, "lr": lr,
-        "batch_size": batch_size, "max_steps": max_steps, "eval_every": eval_every,
-        "patience": patience, "test_fraction": test_fraction, "valid_fraction": valid_fraction,
-        "ema_rate": ema_rate, "clip": clip, "eval_marginals": eval_marginals,  "preprocess": preprocess,
-        "seed": seed,
-    }
+    options = {name: settings[name] for name in (
+        "bound", "width", "depth", "activation", "lr", "batch_size", "max_steps", "eval_every",
+        "patience", "test_fraction", "valid_fraction", "ema_rate", "clip", "eval_marginals",
+        "preprocess")}
+    options["seed"] = seeds[0]
     _check_options(options)
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(settings["device"])
     options["device"] = str(torch_device)
     x_data = _as_samples("x", x)
     y_data = _as_samples("y", y)
@@ -168,26 +248,38 @@ def estimate_mi(
             f"N={x_data.shape[0]} and y with N={y_data.shape[0]}. Row i of x and row i of y must "
             "be one paired draw of (X, Y)."
         )
-    splits = split_indices(
-        x_data.shape[0], test_fraction=test_fraction, valid_fraction=valid_fraction,
-        batch_size=batch_size, seed=seed,
-    )
+    per_seed = [split_indices(
+        x_data.shape[0], test_fraction=options["test_fraction"],
+        valid_fraction=options["valid_fraction"], batch_size=options["batch_size"], seed=seed,
+    ) for seed in seeds]
     x_data, y_data = x_data.to(torch_device), y_data.to(torch_device)
-    # (K, n) index rows, one per critic trained together (K = 1 here).
-    splits = {name: idx.to(torch_device)[None] for name, idx in splits.items()}
-    spec_x = reducer_x if reducer_x is not None else reducer
-    spec_y = reducer_y if reducer_y is not None else reducer
+    # (K, n) index rows, one per critic trained together.
+    splits = {name: torch.stack([s[name] for s in per_seed]).to(torch_device)
+              for name in per_seed[0]}
+    spec_x = settings["reducer_x"] if settings["reducer_x"] is not None else settings["reducer"]
+    spec_y = settings["reducer_y"] if settings["reducer_y"] is not None else settings["reducer"]
     if isinstance(spec_y, Reducer) and spec_y is spec_x:
         spec_y = copy.deepcopy(spec_y)  # one instance for both sides: each side fits its own
-    side_x = prepare_side("x", x_data, spec_x, splits["train"], preprocess, seed)
-    side_y = prepare_side("y", y_data, spec_y, splits["train"], preprocess, seed + 1)
+    preprocess = options["preprocess"]
+    if len(seeds) == 1:
+        side_x = prepare_side("x", x_data, spec_x, splits["train"], preprocess, seeds[0])
+        side_y = prepare_side("y", y_data, spec_y, splits["train"], preprocess, seeds[0] + 1)
+    else:
+        side_x = prepare_sides("x", x_data, spec_x, splits["train"], preprocess, seeds)
+        side_y = prepare_sides("y", y_data, spec_y, splits["train"], preprocess,
+                               [s + 1 for s in seeds])
+        if side_x is None or side_y is None:
+            return _one_by_one(x, y, seeds, settings)
     options["reducer_x"] = side_x.info
     options["reducer_y"] = side_y.info
-    all_callbacks = list(callbacks)
-    if progress:
+    label = settings["label"]
+    all_callbacks = list(settings["callbacks"])
+    if settings["progress"]:
         all_callbacks.insert(0, ProgressBar(desc=label or "MINE"))
-    run = _MineRun(side_x, side_y, splits, options, torch_device, all_callbacks, stop_event, label)
-    with use_cpu_threads(cpu_threads if torch_device.type == "cpu" else None):
+    run = _MineRun(side_x, side_y, splits, options, seeds, torch_device, all_callbacks,
+                   settings["stop_event"], label)
+    threads = settings["cpu_threads"]
+    with use_cpu_threads(threads if torch_device.type == "cpu" else None):
         return run.train_and_evaluate(started)
 
 
@@ -309,7 +401,7 @@ def split_indices(
 
 
 class _MineRun:
-    """Trains K critics (here K = 1) and evaluates them; one instance per call."""
+    """Trains K critics together and evaluates each; one instance per call."""
 
     def __init__(
         self,
@@ -317,6 +409,7 @@ class _MineRun:
         side_y: FeatureSide,
         splits: dict[str, torch.Tensor],
         options: dict[str, Any],
+        seeds: list[int],
         device: torch.device,
         callbacks: list[Callback],
         stop_event: threading.Event | None,
@@ -329,7 +422,7 @@ class _MineRun:
         self.callbacks = callbacks
         self.stop_event = stop_event
         self.label = label
-        seeds = [int(options["seed"])]
+        self.seeds = seeds
         self.critic = MLPCritic(
             side_x.dim, side_y.dim, width=options["width"], depth=options["depth"],
             seeds=seeds, activation=options["activation"],
@@ -371,8 +464,8 @@ class _MineRun:
 
     # -- training -------------------------------------------------------------------------------
 
-    def train_and_evaluate(self, started: float) -> MIResult:
-        """Train with early stopping, restore the best critic, evaluate it on the test samples."""
+    def train_and_evaluate(self, started: float) -> list[MIResult]:
+        """Train with early stopping, restore each best critic, evaluate them on their test samples."""
         opts = self.options
         sizes = {name: idx.shape[1] for name, idx in self.splits.items()}
         info = RunInfo(
@@ -382,43 +475,53 @@ class _MineRun:
         )
         for callback in self.callbacks:
             callback.on_start(info)
-        log = _TrainingLog(patience=opts["patience"])
+        log = _TrainingLog(patience=opts["patience"], n_critics=self.n_critics)
         try:
             self._train(log)
         except KeyboardInterrupt:
-            log.flags["stopped"] = True
+            log.stop_all("stopped")
             warnings.warn(f"MINE run interrupted at step {log.last_step}; returning what it has.",
-                          RuntimeWarning, stacklevel=3)
-        if log.flags["non_finite"]:
-            warnings.warn(
-                f"MINE training became non-finite at step {log.last_step}; training stopped there "
-                "and the history is kept. Try a smaller lr, or preprocess='quantile' for "
-                "heavy-tailed data.", RuntimeWarning, stacklevel=3)
-        log.flags["still_rising"] = not (
-            log.flags["early_stopped"] or log.flags["stopped"] or log.flags["non_finite"]
-        ) and bool(log.heldout)
+                          RuntimeWarning, stacklevel=4)
+        for k, flags in enumerate(log.flags):
+            if flags["non_finite"]:
+                warnings.warn(
+                    f"MINE training{self._which(k)} became non-finite at step {log.last_step_of(k)}; "
+                    "training stopped there and the history is kept. Try a smaller lr, or "
+                    "preprocess='quantile' for heavy-tailed data.", RuntimeWarning, stacklevel=4)
+            flags["still_rising"] = not (
+                flags["early_stopped"] or flags["stopped"] or flags["non_finite"]
+            ) and bool(log.heldout[k])
 
         if log.best_state is not None:
+            has_best = torch.tensor(log.has_best, device=self.device)
             with torch.no_grad():
-                torch._foreach_copy_(self._params(), log.best_state)
-        if log.best_state is None and log.flags["non_finite"]:
-            mi, stderr = math.nan, math.nan
-        else:
-            mi, stderr = self._test_estimate()
-        log.flags["above_log_n"] = bool(math.isfinite(mi) and mi > info.log_n)
-        if opts["bound"] == "infonce":
-            log.flags["near_log_batch"] = bool(
-                math.isfinite(mi) and mi > _NEAR_CEILING * math.log(opts["batch_size"]))
+                for param, best in zip(self._params(), log.best_state):
+                    param.copy_(torch.where(_per_critic(has_best, param), best, param))
+        estimates, stderrs = self._test_estimate()
+        results = []
+        elapsed = time.perf_counter() - started
+        for k, seed in enumerate(self.seeds):
+            flags = log.flags[k]
+            mi, stderr = estimates[k], stderrs[k]
+            if not log.has_best[k] and flags["non_finite"]:
+                mi, stderr = math.nan, math.nan
+            flags["above_log_n"] = bool(math.isfinite(mi) and mi > info.log_n)
+            if opts["bound"] == "infonce":
+                flags["near_log_batch"] = bool(
+                    math.isfinite(mi) and mi > _NEAR_CEILING * math.log(opts["batch_size"]))
+            results.append(MIResult(
+                mi=mi, stderr=stderr, ci95=(mi - 1.96 * stderr, mi + 1.96 * stderr),
+                history=log.history(k), flags=flags, n_train=sizes["train"],
+                n_valid=sizes["valid"], n_test=sizes["test"], seconds=elapsed,
+                options=dict(opts, seed=seed),
+            ))
         self.modules.eval()
-        result = MIResult(
-            mi=mi, stderr=stderr, ci95=(mi - 1.96 * stderr, mi + 1.96 * stderr),
-            history=log.history(), flags=log.flags, n_train=sizes["train"],
-            n_valid=sizes["valid"], n_test=sizes["test"],
-            seconds=time.perf_counter() - started, options=dict(opts),
-        )
         for callback in self.callbacks:
-            callback.on_end(result)
-        return result
+            callback.on_end(results[0])
+        return results
+
+    def _which(self, k: int) -> str:
+        return f" of seed {self.seeds[k]}" if self.n_critics > 1 else ""
 
     def _params(self) -> list[torch.Tensor]:
         return [p.detach() for p in self.modules.parameters()]
@@ -432,15 +535,15 @@ class _MineRun:
         # callback wants per-step values, otherwise only at evaluations.
         sync_every_step = self.device.type == "cpu" or bool(step_callbacks)
         optimizer = torch.optim.Adam(self.modules.parameters(), lr=opts["lr"])
-        generator = torch.Generator(device=self.device).manual_seed(int(opts["seed"]))
+        generators = [torch.Generator(device=self.device).manual_seed(seed) for seed in self.seeds]
         steps_per_epoch = n_train // batch
         log_ema: torch.Tensor | None = None
         self.modules.train()
         for step in range(1, opts["max_steps"] + 1):
             position = (step - 1) % steps_per_epoch
             if position == 0:  # a fresh random order of the training samples each epoch
-                order = torch.rand(self.n_critics, n_train, generator=generator,
-                                   device=self.device).argsort(dim=1)
+                order = torch.cat([torch.rand(1, n_train, generator=g, device=self.device)
+                                   for g in generators]).argsort(dim=1)
             idx = self.splits["train"].gather(1, order[:, position * batch:(position + 1) * batch])
             if opts["bound"] == "infonce":
                 value = infonce_value(self._score_matrix(idx))
@@ -456,25 +559,22 @@ class _MineRun:
             log.pending.append(value)
 
             is_eval = step % opts["eval_every"] == 0
-            if (sync_every_step or is_eval) and not log.flush():
-                log.flags["non_finite"] = True
+            if (sync_every_step or is_eval) and not log.flush() and log.all_done:
                 return
             stop = False
-            for callback in step_callbacks:
-                stop = bool(callback.on_step(step, log.train_bound[-1])) or stop
+            if log.active[0]:  # callbacks follow critic 0
+                for callback in step_callbacks:
+                    stop = bool(callback.on_step(step, log.train_bound[0][-1])) or stop
             if is_eval:
-                current = float(self._validation_value()[0])
-                if not math.isfinite(current):
-                    log.flags["non_finite"] = True
-                    return
-                log.record_eval(step, current, self._params())
-                for callback in self.callbacks:
-                    stop = bool(callback.on_eval(step, current)) or stop
-                if log.out_of_patience:
-                    log.flags["early_stopped"] = True
+                follow = log.active[0]
+                current = log.record_eval(step, self._validation_value().tolist(), self._params())
+                if follow and math.isfinite(current[0]):
+                    for callback in self.callbacks:
+                        stop = bool(callback.on_eval(step, current[0])) or stop
+                if log.all_done:
                     return
             if stop or (self.stop_event is not None and self.stop_event.is_set()):
-                log.flags["stopped"] = True
+                log.stop_all("stopped")
                 return
         log.flush()
 
@@ -485,12 +585,12 @@ class _MineRun:
         self.modules.train(was_training)
         return estimate
 
-    def _test_estimate(self) -> tuple[float, float]:
-        """The reported estimate on the test samples and its standard error (critic 0)."""
+    def _test_estimate(self) -> tuple[list[float], list[float]]:
+        """The reported estimates on the test samples and their standard errors: K of each."""
         estimate, parts = self._heldout_value(self.splits["test"], self.options["eval_marginals"])
-        spread = parts[0]
-        stderr = float(spread.std() / math.sqrt(len(spread))) if len(spread) > 1 else math.nan
-        return float(estimate[0]), stderr
+        n_parts = parts.shape[1]
+        stderr = (parts.std(dim=1) / math.sqrt(n_parts)).tolist() if n_parts > 1 else [math.nan] * len(estimate)
+        return estimate.tolist(), stderr
 
     @torch.no_grad()
     def _heldout_value(self, idx: torch.Tensor, n_marginals: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -521,53 +621,101 @@ class _MineRun:
         return estimate, parts
 
 
-class _TrainingLog:
-    """History, flags and early-stopping state of one run (critic 0)."""
+def _per_critic(mask: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """A (K,) mask shaped to broadcast over a stacked (K, ...) parameter."""
+    return mask.view(-1, *([1] * (param.ndim - 1)))
 
-    def __init__(self, *, patience: int) -> None:
+
+class _TrainingLog:
+    """Histories, flags and early-stopping state of K critics trained together.
+
+    A critic is active until it runs out of patience, becomes non-finite or is stopped; after that
+    its history, best snapshot and flags no longer change, while the others go on.
+    """
+
+    def __init__(self, *, patience: int, n_critics: int = 1) -> None:
         self.patience = patience
-        self.pending: list[torch.Tensor] = []  # per-step bounds not yet read back from the device
-        self.train_bound: list[float] = []
-        self.eval_step: list[int] = []
-        self.heldout: list[float] = []
-        self.best_value = -math.inf
-        self.best_state: list[torch.Tensor] | None = None
-        self.since_best = 0
-        self.flags = {"still_rising": False, "early_stopped": False, "above_log_n": False,
-                      "stopped": False, "non_finite": False}
+        self.pending: list[torch.Tensor] = []  # per-step (K,) bounds not yet read back from the device
+        self.train_bound: list[list[float]] = [[] for _ in range(n_critics)]
+        self.eval_step: list[list[int]] = [[] for _ in range(n_critics)]
+        self.heldout: list[list[float]] = [[] for _ in range(n_critics)]
+        self.best_value = [-math.inf] * n_critics
+        self.has_best = [False] * n_critics
+        self.best_state: list[torch.Tensor] | None = None  # stacked (K, ...) snapshots
+        self.since_best = [0] * n_critics
+        self.active = [True] * n_critics
+        self.flags = [{"still_rising": False, "early_stopped": False, "above_log_n": False,
+                       "stopped": False, "non_finite": False} for _ in range(n_critics)]
+        self._steps = 0
 
     @property
     def last_step(self) -> int:
-        return len(self.train_bound) + len(self.pending)
+        return self._steps + len(self.pending)
+
+    def last_step_of(self, k: int) -> int:
+        return len(self.train_bound[k])
 
     @property
-    def out_of_patience(self) -> bool:
-        return self.since_best >= self.patience
+    def all_done(self) -> bool:
+        return not any(self.active)
+
+    def stop_all(self, flag: str) -> None:
+        for k, active in enumerate(self.active):
+            if active:
+                self.flags[k][flag] = True
+                self.active[k] = False
 
     def flush(self) -> bool:
-        """Read pending training bounds back; False when one of them is not finite."""
+        """Read pending training bounds back; False when one became non-finite (it is then done)."""
         if not self.pending:
             return True
-        values = torch.stack(self.pending)[:, 0].tolist()
+        rows = torch.stack(self.pending).T.tolist()
+        self._steps += len(self.pending)
         self.pending.clear()
-        self.train_bound.extend(values)
-        return all(math.isfinite(v) for v in values)
+        ok = True
+        for k, values in enumerate(rows):
+            if not self.active[k]:
+                continue
+            self.train_bound[k].extend(values)
+            if not all(math.isfinite(v) for v in values):
+                self.flags[k]["non_finite"] = True
+                self.active[k] = False
+                ok = False
+        return ok
 
-    def record_eval(self, step: int, value: float, params: list[torch.Tensor]) -> None:
-        """Record a validation estimate; snapshot the parameters when it is the best so far."""
-        self.eval_step.append(step)
-        self.heldout.append(value)
-        if value > self.best_value:
-            self.best_value, self.since_best = value, 0
+    def record_eval(self, step: int, values: list[float], params: list[torch.Tensor]) -> list[float]:
+        """Record the active critics' validation estimates; snapshot each critic at its best."""
+        improved = [False] * len(values)
+        for k, value in enumerate(values):
+            if not self.active[k]:
+                continue
+            if not math.isfinite(value):
+                self.flags[k]["non_finite"] = True
+                self.active[k] = False
+                continue
+            self.eval_step[k].append(step)
+            self.heldout[k].append(value)
+            if value > self.best_value[k]:
+                self.best_value[k], self.since_best[k] = value, 0
+                improved[k] = self.has_best[k] = True
+            else:
+                self.since_best[k] += 1
+                if self.since_best[k] >= self.patience:
+                    self.flags[k]["early_stopped"] = True
+                    self.active[k] = False
+        if self.best_state is None and any(improved):
             self.best_state = [p.clone() for p in params]
-        else:
-            self.since_best += 1
+        elif any(improved):
+            mask = torch.tensor(improved, device=params[0].device)
+            self.best_state = [torch.where(_per_critic(mask, p), p, best)
+                               for p, best in zip(params, self.best_state)]
+        return values
 
-    def history(self) -> History:
+    def history(self, k: int = 0) -> History:
         self.flush()
         return History(
-            step=tuple(range(1, len(self.train_bound) + 1)),
-            train_bound=tuple(self.train_bound),
-            eval_step=tuple(self.eval_step),
-            heldout=tuple(self.heldout),
+            step=tuple(range(1, len(self.train_bound[k]) + 1)),
+            train_bound=tuple(self.train_bound[k]),
+            eval_step=tuple(self.eval_step[k]),
+            heldout=tuple(self.heldout[k]),
         )
