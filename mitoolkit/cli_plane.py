@@ -118,11 +118,12 @@ def run_plane(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     print(plane.summary_table())
-    checks = plane.check_dpi()
-    if checks:
-        print("\ndoes I(X; T) fall with depth? (data-processing inequality: it cannot rise)")
-        for check in checks:
-            print(f"  - {check}")
+    for quantity, label in (("ixt", "I(X; T)"), ("ity", "I(T; Y)")):
+        checks = plane.check_dpi(quantity)
+        if checks:
+            print(f"\ndoes {label} fall with depth? (data-processing inequality: it cannot rise)")
+            for check in checks:
+                print(f"  - {check}")
     out = Path(args.out)
     written = ["plane.json", "plane.csv", "plane_summary.csv"] + ([] if args.no_report else ["plane.html"])
     print(f"\nwritten: {', '.join(str(out / name) for name in written)}")

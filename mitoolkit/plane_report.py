@@ -237,7 +237,7 @@ def write_plane_report(plane: InformationPlane, path: str | os.PathLike) -> Path
         body.append("<p class='warn'>Above the ceiling (estimation error): " + html.escape(", ".join(
             f"epoch {s.epoch} {s.layer} {s.label} {s.mean:.3f} > {s.ceiling:.3f}" for s in flagged)) + "</p>")
     body += ["<h2>The plane</h2>", parts[0], "<h2>By epoch</h2>", parts[1], parts[2],
-             "<h2>Does I(X; T) fall with depth? (data-processing inequality)</h2>", _dpi_html(plane),
+             "<h2>Does information fall with depth? (data-processing inequality)</h2>", _dpi_html(plane),
              "<h2>Summary</h2>", _summary_html(plane), "<h2>Training</h2>", _training_html(plane),
              "<h2>Settings</h2><pre>" + html.escape(json.dumps(cfg, indent=1, default=str)) + "</pre>"]
     page = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
@@ -250,15 +250,22 @@ def write_plane_report(plane: InformationPlane, path: str | os.PathLike) -> Path
 
 
 def _dpi_html(plane: InformationPlane) -> str:
-    checks = plane.check_dpi()
-    if not checks:
-        return "<p class='note'>Needs I(X; T) of two layers or more.</p>"
-    n_bad = sum(not c.holds for c in checks)
-    head = (f"<p>With the transformation as the only noise, a deeper layer cannot hold more about X. "
-            f"{len(checks) - n_bad} of {len(checks)} consecutive pairs agree (no rise beyond the error "
-            f"bars); a rise beyond them is the estimator's error, not information.</p>")
-    items = "".join(f"<li{'' if c.holds else ' class=warn'}>{html.escape(str(c))}</li>" for c in checks)
-    return head + f"<ul>{items}</ul>"
+    parts = []
+    for quantity, about in (("ixt", "X"), ("ity", "Y")):
+        checks = plane.check_dpi(quantity)
+        label = QUANTITY_LABELS[quantity]
+        if not checks:
+            parts.append(f"<p class='note'>{label}: needs two layers or more.</p>")
+            continue
+        n_bad = sum(not c.holds for c in checks)
+        parts.append(
+            f"<p><b>{label}</b>: with the transformation as the only noise, a deeper layer cannot "
+            f"hold more about {about}. {len(checks) - n_bad} of {len(checks)} consecutive pairs "
+            "agree (no rise beyond the error bars); a rise beyond them is the estimator's error "
+            "(the information is there, but harder for the critic to read), not information.</p>")
+        items = "".join(f"<li{'' if c.holds else ' class=warn'}>{html.escape(str(c))}</li>" for c in checks)
+        parts.append(f"<ul>{items}</ul>")
+    return "".join(parts)
 
 
 def _summary_html(plane: InformationPlane) -> str:

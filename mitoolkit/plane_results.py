@@ -209,23 +209,30 @@ def summarize_rows(rows: Sequence[PlaneRow]) -> list[PlaneSummary]:
 
 @dataclass(frozen=True)
 class DPICheck:
-    """I(X; T) of two consecutive layers at one epoch, checked against the data-processing inequality.
+    """One quantity of two consecutive layers at one epoch, checked against the data-processing
+    inequality.
 
-    With the transformation as the only noise, a deeper layer is a function of a shallower one, so
-    its I(X; T) cannot be larger. An estimate that rises beyond the error bars (the deeper layer's
-    interval entirely above the shallower one's) is therefore the estimator's error: typically
-    the reduction or the critic losing more on the shallower, wider layer.
+    With the transformation as the only noise, a deeper layer is a function of a shallower one
+    (Y -> X -> T1 -> T2), so neither its I(X; T) nor its I(T; Y) can be larger. An estimate that
+    rises beyond the error bars (the deeper layer's interval entirely above the shallower one's)
+    is therefore the estimator's error: typically the reduction or the critic extracting less
+    from the shallower, wider layer, where the information is harder to read.
 
     Attributes
     ----------
     epoch : int
     upstream, downstream : PlaneSummary
-        The I(X; T) summaries of the shallower and the deeper layer.
+        The summaries of the shallower and the deeper layer (``quantity`` says which).
     """
 
     epoch: int
     upstream: PlaneSummary
     downstream: PlaneSummary
+
+    @property
+    def quantity(self) -> str:
+        """``"ixt"`` or ``"ity"``."""
+        return self.upstream.quantity
 
     @property
     def rises(self) -> bool:
@@ -247,7 +254,7 @@ class DPICheck:
         verdict = ("rises beyond the error bars (a DPI violation: estimation error)"
                    if self.beyond_error_bars else "rises, within the error bars" if self.rises
                    else "falls")
-        return (f"epoch {self.epoch}: I(X; T) {u.layer} {u.mean:.3f} [{u.low:.3f}, {u.high:.3f}] -> "
+        return (f"epoch {self.epoch}: {u.label} {u.layer} {u.mean:.3f} [{u.low:.3f}, {u.high:.3f}] -> "
                 f"{d.layer} {d.mean:.3f} [{d.low:.3f}, {d.high:.3f}]: {verdict}")
 
 
@@ -316,16 +323,20 @@ class InformationPlane:
                 out.append((epoch, ixt, ity))
         return out
 
-    def check_dpi(self) -> list[DPICheck]:
-        """I(X; T) of each pair of consecutive layers (by depth) at each epoch: see :class:`DPICheck`.
+    def check_dpi(self, quantity: str = "ixt") -> list[DPICheck]:
+        """``quantity`` of each pair of consecutive layers (by depth) at each epoch: see
+        :class:`DPICheck`. ``"ixt"`` (default) for I(X; T), ``"ity"`` for I(T; Y).
 
         The data-processing inequality bounds the true values only. A lossy reduction (PCA, GAP)
         applied to both layers can lose more on one than on the other, and MINE underestimates
         more where the information is higher; so a check that holds is consistent with the DPI,
         and one that fails measures the estimator, not the network.
         """
+        if quantity not in QUANTITIES:
+            raise ValueError(f"quantity must be one of {', '.join(map(repr, QUANTITIES))}; received "
+                             f"{quantity!r}.")
         out = []
-        by_key = {(s.epoch, s.layer): s for s in self.summary if s.quantity == "ixt"}
+        by_key = {(s.epoch, s.layer): s for s in self.summary if s.quantity == quantity}
         for epoch in self.epochs:
             present = [layer for layer in self.layers if (epoch, layer) in by_key]
             for up, down in zip(present, present[1:]):
@@ -386,8 +397,10 @@ class InformationPlane:
             "complete": self.complete,
             "training": [dict(h) for h in self.training],
             "summary": [s.to_dict() for s in self.summary],
-            "dpi": [{"epoch": d.epoch, "upstream": d.upstream.layer, "downstream": d.downstream.layer,
-                     "rises": d.rises, "beyond_error_bars": d.beyond_error_bars} for d in self.check_dpi()],
+            "dpi": [{"quantity": q, "epoch": d.epoch, "upstream": d.upstream.layer,
+                     "downstream": d.downstream.layer, "rises": d.rises,
+                     "beyond_error_bars": d.beyond_error_bars}
+                    for q in QUANTITIES for d in self.check_dpi(q)],
             "rows": [r.to_dict() for r in self.rows],
         }
 

@@ -330,6 +330,10 @@ def test_dpi_check_flags_only_a_rise_beyond_the_error_bars():
     assert verdicts == [(0, "a", "b", True, True), (0, "b", "c", False, True),
                         (3, "a", "b", True, False), (3, "b", "c", False, True)]
     assert "rises beyond the error bars" in str(checks[2]) and "falls" in str(checks[1])
+    assert str(checks[0]).startswith("epoch 0: I(X; T) a 2.000") and checks[0].quantity == "ixt"
+    assert [c.holds for c in _plane_of(values).check_dpi("ity")] == [True] * 4
+    with pytest.raises(ValueError, match="quantity must be one of 'ixt', 'ity'"):
+        _plane_of(values).check_dpi("ixy")
 
 
 def test_plane_figure_draws_a_path_per_layer_coloured_by_epoch_with_the_ceilings(tmp_path):
@@ -378,6 +382,7 @@ def test_cli_plane_writes_files_prints_the_table_and_resumes(tmp_path, capsys):
     plane = InformationPlane.load(out)
     assert len(plane.rows) == 8 and plane.complete
     assert "I(X; T) mean ± std [interval]" in printed and "does I(X; T) fall with depth?" in printed
+    assert "does I(T; Y) fall with depth?" in printed
     assert main(argv) == 0  # everything on disk: the same table, nothing recomputed
     assert capsys.readouterr().out == printed
     assert main(["plane", "--layer", "conv9", "--out", str(tmp_path / "bad"), "--quiet"]) == 2
