@@ -38,7 +38,7 @@ from mitoolkit.results import History, MIResult
 
 __all__ = ["estimate_mi", "estimate_mi_seeds", "split_indices", "PREPROCESSING"]
 
-_EVAL_CHUNK = 4096  # samples per forward pass in evaluation
+_EVAL_CHUNK = 4096  # samples per forward pass in evaluation, shared by the K critics
 _N_STDERR_CHUNKS = 10
 _NEAR_CEILING = 0.9  # InfoNCE is flagged near_log_batch above this share of ln(batch_size)
 _VALID_MARGINALS = 8  # derangements per validation sample: ranks checkpoints at ~15 % of the step time
@@ -452,7 +452,8 @@ class _MineRun:
     @torch.no_grad()
     def _heldout_scores(self, idx: torch.Tensor, n_marginals: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Joint scores (K, n) and marginal scores (K, n, R) for shifts 1..R of the held-out order."""
-        chunks = [self._embeddings(part) for part in idx.split(_EVAL_CHUNK, dim=1)]
+        chunk = max(1, _EVAL_CHUNK // idx.shape[0])  # K critics: the same memory as one
+        chunks = [self._embeddings(part) for part in idx.split(chunk, dim=1)]
         hx = torch.cat([c[0] for c in chunks], dim=1)
         hy = torch.cat([c[1] for c in chunks], dim=1)
         joint = self.critic.head(hx + hy)
