@@ -129,3 +129,21 @@ def test_bad_options_are_reported(gaussian, kwargs, match):
     x, y, _ = gaussian
     with pytest.raises(ValueError, match=match):
         estimate_mi_seeds(x, y, progress=False, **kwargs)
+
+
+def test_compare_reducers_vectorizes_the_seeds_of_a_method(tmp_path):
+    from mitoolkit.experiments import compare_reducers
+    from mitoolkit.models import ReferenceCNN
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = ReferenceCNN()
+    settings = dict(model=model, methods="gap,pca", n_samples=300, seeds=2, max_steps=40,
+                    estimator_options={"batch_size": 64, "eval_every": 20}, device="cpu",
+                    progress=False, report=False)
+    rows = compare_reducers("conv2", **settings).rows
+    vectorized = compare_reducers("conv2", vectorize_seeds=True, out=tmp_path, **settings)
+    assert vectorized.complete and [r.key for r in vectorized.rows] == [r.key for r in rows]
+    for vec, one in zip(vectorized.rows, rows):
+        assert vec.mi == pytest.approx(one.mi, abs=1e-3)
+    assert len(list((tmp_path / "rows").glob("*.json"))) == 4
