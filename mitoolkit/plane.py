@@ -25,8 +25,10 @@ With ``out``, a checkpoint is written after every epoch (model, optimizer, sched
 training's random state and its history; atomically), and every row as it finishes: running the
 same call again resumes, without retraining finished epochs or re-estimating finished rows.
 
-Estimates are made one after another: the many-estimators issue (several critics trained as one
-vectorized model) is not done yet, so the seeds are a plain loop.
+The seeds of one (epoch, layer, quantity) are estimated together by
+:func:`mitoolkit.mine.estimate_mi_seeds` (the many-estimators issue: one critic per seed, trained
+in one vectorized pass; each result is distributed as ``estimate_mi`` with its seed). Layers,
+quantities and epochs are still one after another.
 """
 from __future__ import annotations
 
@@ -53,6 +55,11 @@ from mitoolkit.data import ImageDataset, balanced_indices, load_dataset, minor_t
 from mitoolkit.devices import cpu_threads as use_cpu_threads, resolve_device
 from mitoolkit.layers import collect_activations
 from mitoolkit.mine import estimate_mi
+
+try:  # the many-estimators issue: K critics, one per seed, trained in one vectorized pass
+    from mitoolkit.mine import estimate_mi_seeds
+except ImportError:  # pragma: no cover - an older estimator: one seed after another
+    estimate_mi_seeds = None
 from mitoolkit.models import (
     _BATCH_SIZE,
     _LEARNING_RATE,
@@ -397,7 +404,9 @@ def information_plane(
         reduction loses most on the widest layers: on digits, PCA puts conv1 (1,024 features)
         below conv2, where the baseline (``"none"``) finds I(X; T) falling with depth as it must.
     seeds : int or sequence of int
-        ``2`` means seeds 0 and 1: estimates per (epoch, layer, quantity), one after another.
+        ``2`` means seeds 0 and 1: estimates per (epoch, layer, quantity), their critics trained
+        together by :func:`mitoolkit.mine.estimate_mi_seeds` (a row's ``seconds`` is then the
+        time of that shared pass).
     n_samples : int, optional
         Images measured, class-balanced, chosen by ``data_seed``; default min(5000, the split's).
     data_root : path, optional
@@ -670,6 +679,20 @@ def _forward_order(model: nn.Module, example: torch.Tensor, names: Sequence[str]
     return order + [n for n in names if n not in order]
 
 
+def _estimate_seeds(x: torch.Tensor, y: torch.Tensor, seeds: Sequence[int], **options: Any) -> list[Any]:
+    """One :class:`MIResult` per seed: the seeds' critics trained together by
+    :func:`mitoolkit.mine.estimate_mi_seeds` (each result distributed as ``estimate_mi`` with
+    that seed), or one :func:`estimate_mi` after another for a single seed."""
+    if estimate_mi_seeds is not None and len(seeds) > 1:
+        return list(estimate_mi_seeds(x, y, seeds=list(seeds), **options))
+    results = []
+    for seed in seeds:
+        results.append(estimate_mi(x, y, seed=seed, **options))
+        if results[-1].flags.get("stopped"):
+            break
+    return results
+
+
 def _fingerprint(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -830,44 +853,44 @@ class _PlaneJob:
 
         cfg = self.config
         todo = [k for k in self.keys if k[0] == epoch and k not in self.rows]
-        layers = list(dict.fromkeys(k[1] for k in todo))
+        groups: dict[tuple[str, str], list[int]] = {}
+        for _, layer, quantity, seed in todo:
+            groups.setdefault((layer, quantity), []).append(seed)
         if self.bar is not None:
             self.bar.set_postfix_str(f"epoch {epoch}: activations")
-        acts = collect_activations(self.net, self.subset, layers, transform=self.transforms,
-                                   device=self.device, seed=cfg["data_seed"])
+        acts = collect_activations(self.net, self.subset, list(dict.fromkeys(k[1] for k in todo)),
+                                   transform=self.transforms, device=self.device, seed=cfg["data_seed"])
         threads = {"cpu_threads": self.cpu_threads} if "cpu_threads" in _ESTIMATE_DEFAULTS else {}
-        pairs: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
-        for key in todo:
-            _, layer, quantity, seed = key
+        for (layer, quantity), seeds in groups.items():
             if self._stop_requested():
                 return
-            if (layer, quantity) not in pairs:
-                pairs[(layer, quantity)] = mi_pair(acts, layer, target=_TARGET[quantity], dataset=self.subset)
-            x, y = pairs[(layer, quantity)]
-            text = f"epoch {epoch} {layer} {QUANTITY_LABELS[quantity]} seed {seed}"
+            x, y = mi_pair(acts, layer, target=_TARGET[quantity], dataset=self.subset)
+            text = (f"epoch {epoch} {layer} {QUANTITY_LABELS[quantity]} seed"
+                    + (f"s {seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else f" {seeds[0]}"))
             row_callbacks = list(self.callbacks)
             if self.bar is not None:
                 self.bar.set_postfix_str(text)
                 row_callbacks.append(_BarPostfix(self.bar, text))
             method = cfg["reducers"][layer]
-            result = estimate_mi(
-                x, y, reducer_x=_other_reducer(cfg, x), reducer_y=_method_reducer(method, cfg, y),
-                max_steps=cfg["max_steps"], device=self.device, seed=seed, callbacks=row_callbacks,
+            results = _estimate_seeds(
+                x, y, seeds, reducer_x=_other_reducer(cfg, x), reducer_y=_method_reducer(method, cfg, y),
+                max_steps=cfg["max_steps"], device=self.device, callbacks=row_callbacks,
                 stop_event=self.stop_event, progress=False, label=text, **threads,
                 **cfg["estimator_options"],
             )
-            if result.flags.get("stopped"):
-                self.interrupted = True
-                return
             ceiling = cfg["ceiling_ixt"] if quantity == "ixt" else cfg["ceiling_ity"]
-            row = PlaneRow(epoch, layer, quantity, seed, result, ceiling, method)
-            self.rows[key] = row
-            if self.store is not None:
-                self.store.write(row)
-            if self.bar is not None:
-                self.bar.update(1)
-            if self.on_row is not None:
-                self.on_row(row)
+            for seed, result in zip(seeds, results):
+                if result.flags.get("stopped"):
+                    self.interrupted = True
+                    return
+                row = PlaneRow(epoch, layer, quantity, seed, result, ceiling, method)
+                self.rows[(epoch, layer, quantity, seed)] = row
+                if self.store is not None:
+                    self.store.write(row)
+                if self.bar is not None:
+                    self.bar.update(1)
+                if self.on_row is not None:
+                    self.on_row(row)
 
     # -- results and files ---------------------------------------------------------------------
 

@@ -60,6 +60,14 @@ class FakeEstimator:
         self.calls += 1
         return fake_result(self.value(x, seed), len(x))
 
+    def seeds(self, x, y, *, seeds, **kwargs) -> list[MIResult]:
+        return [self(x, y, seed=s, **kwargs) for s in seeds]
+
+    def install(self, monkeypatch) -> "FakeEstimator":
+        monkeypatch.setattr(plane_module, "estimate_mi", self)
+        monkeypatch.setattr(plane_module, "estimate_mi_seeds", self.seeds)
+        return self
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
@@ -84,6 +92,7 @@ def test_a_row_for_every_epoch_layer_quantity_and_seed(run):
         assert row.ceiling == (math.log(300) if row.quantity == "ixt" else math.log(10))
         assert row.flags["above_ceiling"] == (row.mi > row.ceiling)
         assert row.reducer == "pca" and row.result.options["reducer_y"]["name"] == "pca"
+        assert row.result.options["seed"] == row.seed  # the seeds' critics are trained together
     summary = plane.summary
     assert {(s.epoch, s.layer, s.quantity) for s in summary} == {k[:3] for k in expected}
     s = plane.summary_for(1, "conv2", "ixt")
@@ -123,7 +132,7 @@ def test_reexported_from_experiments():
 def test_an_estimate_above_ln_k_is_never_reported_without_a_flag(tmp_path, monkeypatch):
     # I(T; Y) estimates of 3 nats, above ln 10 = 2.30: the rows, summary, table and files say so.
     fake = FakeEstimator(lambda x, seed: 3.0 if x.shape[1] == 10 else 1.0)
-    monkeypatch.setattr(plane_module, "estimate_mi", fake)
+    fake.install(monkeypatch)
     plane = information_plane("fc1", epochs=1, epochs_to_measure=[1], seeds=1, out=tmp_path, **SMALL)
     ity = [r for r in plane.rows if r.quantity == "ity"]
     assert ity and all(r.mi == 3.0 and r.flags["above_ceiling"] for r in ity)
@@ -150,7 +159,7 @@ def test_summary_flags_a_mean_above_the_ceiling_and_intervals_span_the_seeds():
 
 def test_an_interrupted_run_resumes_without_retraining_finished_epochs(tmp_path, monkeypatch):
     data = load_dataset("digits").subset(range(200))
-    monkeypatch.setattr(plane_module, "estimate_mi", FakeEstimator())
+    FakeEstimator().install(monkeypatch)
     calls = []
 
     def make(crash_at=None):
@@ -188,7 +197,7 @@ def test_an_interrupted_run_resumes_without_retraining_finished_epochs(tmp_path,
 
     calls.clear()
     estimator = FakeEstimator()
-    monkeypatch.setattr(plane_module, "estimate_mi", estimator)
+    estimator.install(monkeypatch)
     model, optimizer, train_fn = make()
     resumed = information_plane("conv2", model=model, train_fn=train_fn, optimizer=optimizer,
                                 out=tmp_path, **settings)
@@ -216,7 +225,7 @@ def test_an_interrupted_run_resumes_without_retraining_finished_epochs(tmp_path,
 
 
 def test_reference_training_resumes_from_checkpoints_and_is_the_reference_network(tmp_path, monkeypatch):
-    monkeypatch.setattr(plane_module, "estimate_mi", FakeEstimator())
+    FakeEstimator().install(monkeypatch)
     epochs_trained = []
     real_train_epoch = plane_module.train_epoch
 
@@ -250,7 +259,7 @@ def test_reference_training_resumes_from_checkpoints_and_is_the_reference_networ
 
 
 def test_stop_event_keeps_finished_rows_and_the_same_call_completes(tmp_path, monkeypatch):
-    monkeypatch.setattr(plane_module, "estimate_mi", FakeEstimator())
+    FakeEstimator().install(monkeypatch)
     stop = threading.Event()
 
     def on_row(row):
@@ -285,6 +294,7 @@ def test_bad_input_is_reported_before_any_work(kwargs, message, monkeypatch):
         raise AssertionError("work started")
 
     monkeypatch.setattr(plane_module, "estimate_mi", fail)
+    monkeypatch.setattr(plane_module, "estimate_mi_seeds", fail)
     monkeypatch.setattr(plane_module, "train_epoch", fail)
     args = {"layers": "conv2", "epochs": 2, **SMALL, **kwargs}
     with pytest.raises(ValueError, match=message):
@@ -299,7 +309,7 @@ def test_an_unwritable_out_is_reported_before_any_work(tmp_path):
 
 
 def test_gap_on_a_flat_layer_flattens_it_with_a_warning(monkeypatch):
-    monkeypatch.setattr(plane_module, "estimate_mi", FakeEstimator())
+    FakeEstimator().install(monkeypatch)
     with pytest.warns(UserWarning, match="layer 'fc1' gives \\(64,\\): its activation is flattened"):
         plane = information_plane(["conv2", "fc1"], reducer="gap", epochs=1, epochs_to_measure=[1],
                                   seeds=1, **SMALL)
