@@ -13,7 +13,7 @@ Goal: the full comparison in under 60 s on one H200. ``--small`` runs a tiny ver
 (8x8 images, 3 seeds, 60 steps) so that the script is tested without a GPU.
 
 Usage: python benchmarks/gpu.py [--small] [--device auto] [--seeds 10] [--max-steps N]
-       [--mode both|one-by-one|vectorized] [--methods none,pca,gap,cnn]
+       [--mode both|one-by-one|vectorized] [--methods none,pca,gap,cnn] [--preprocess auto]
 """
 from __future__ import annotations
 
@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--mode", choices=["both", "one-by-one", "vectorized"], default="both")
     parser.add_argument("--methods", default="none,pca,gap,cnn")
+    parser.add_argument("--preprocess", default=None, help="estimate_mi's preprocess (default auto)")
     args = parser.parse_args()
     scale = SMALL if args.small else PAPER
     device = resolve_device(args.device)
@@ -100,6 +101,8 @@ def main() -> None:
     options = dict(scale["options"])
     if args.max_steps is not None:
         options["max_steps"] = args.max_steps
+    if args.preprocess is not None:
+        options["preprocess"] = args.preprocess
     if device.type == "cpu":
         torch.set_num_threads(1)
     methods = args.methods.split(",")

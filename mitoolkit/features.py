@@ -119,24 +119,33 @@ def prepare_sides(
     """
     if make_reducer(reducer_spec).trainable:
         return None
-    sides = []
+    sides: list[FeatureSide] = []
+    stacked: torch.Tensor | None = None  # (K, N, d), allocated once features differ by split
     for k, seed in enumerate(seeds):
         spec = copy.deepcopy(reducer_spec) if isinstance(reducer_spec, Reducer) else reducer_spec
-        sides.append(prepare_side(name, data, spec, train_idx[k:k + 1], preprocess, seed))
-    if len({side.dim for side in sides}) > 1:
-        return None
+        side = prepare_side(name, data, spec, train_idx[k:k + 1], preprocess, seed)
+        if sides and side.dim != sides[0].dim:
+            return None
+        first = sides[0] if sides else side
+        if stacked is None and sides and not _same(side.data, first.data):
+            stacked = first.data.new_empty((len(seeds), *first.data.shape))
+            stacked[:k] = first.data  # the earlier seeds' features all equal the first's
+        if stacked is not None:
+            stacked[k] = side.data
+            if k > 0:
+                side.data = first.data  # drop this seed's own copy
+        sides.append(side)
     first = sides[0]
-    shared = all(
-        side.data is first.data or (side.data.shape == first.data.shape
-                                    and torch.equal(side.data, first.data))
-        for side in sides[1:]
-    )
-    data_k = first.data if shared else torch.stack([side.data for side in sides])
     info = dict(first.info, fit_seconds=sum(side.info["fit_seconds"] for side in sides))
     return FeatureSide(
-        data_k, torch.cat([side.mean for side in sides]), torch.cat([side.inv_std for side in sides]),
-        None, first.dim, info, per_critic=not shared,
+        first.data if stacked is None else stacked,
+        torch.cat([side.mean for side in sides]), torch.cat([side.inv_std for side in sides]),
+        None, first.dim, info, per_critic=stacked is not None,
     )
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a is b or (a.shape == b.shape and torch.equal(a, b))
 
 
 def gaussianize(
