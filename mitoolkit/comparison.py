@@ -22,13 +22,13 @@ import json
 import math
 import os
 import re
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from mitoolkit.atomic import write_atomic
 from mitoolkit.results import MIResult
 
 __all__ = [
@@ -424,26 +424,6 @@ def _num(value: float) -> str:
 # --------------------------------------------------------------------------------------------
 # Writing files while a comparison runs
 # --------------------------------------------------------------------------------------------
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``.
-
-    Readers see the old file or the new one, never half of one.
-    """
-    path = Path(path)
-    # Not mkstemp: its files are private (0600); this one gets the usual permissions (umask).
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class RowStore:

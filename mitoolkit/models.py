@@ -12,7 +12,6 @@ reproducible subject.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mitoolkit.atomic import atomic_open
 from mitoolkit.data import ImageDataset, load_dataset
 from mitoolkit.devices import cpu_threads, resolve_device
 
@@ -298,19 +298,9 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """torch.save ``obj`` to ``path`` atomically: readers never see half a file."""
+    with atomic_open(path, binary=True) as f:
+        torch.save(obj, f)
 
 
 def _load_cached(model: ReferenceCNN, path: Path) -> dict[str, Any] | None:
