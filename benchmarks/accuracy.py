@@ -12,12 +12,16 @@ Usage::
     python benchmarks/accuracy.py --seeds 2 --bounds mine,nwj,smile --out BENCH.md
     python benchmarks/accuracy.py --quick              # smoke run: tiny N and steps
 
-Writes a Markdown table (stdout, and ``--out``) and a CSV of every run (``--csv``).
+Writes a Markdown table (stdout, and ``--out``) and a CSV of every run (``--csv``, appended as
+each run finishes, so a stopped run keeps what it did); ``--summarize a.csv b.csv`` prints the
+table of earlier runs (for instance two halves run in parallel).
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
+import os
 import statistics
 import sys
 import time
@@ -69,15 +73,45 @@ def knn_estimate(x: np.ndarray, y: np.ndarray, seed: int) -> float | None:
 
 
 def torch_mist_estimate(x: np.ndarray, y: np.ndarray, seed: int) -> float | None:
-    """torch-mist's MINE, when the package is installed (optional environment)."""
-    try:
-        from torch_mist import estimate_mi as mist_estimate
-    except ImportError:
+    """torch-mist's MINE, when the package is installed (optional environment).
+
+    Held out as mitoolkit does: trained on a random half (torch-mist takes 10 % of it for its own
+    early stopping), evaluated on the other half; the same critic size (two hidden layers of 128)
+    and batch (256); otherwise torch-mist's defaults (raw inputs, its 5,000-iteration budget).
+    """
+    if importlib.util.find_spec("torch_mist") is None:
         return None
+    from torch_mist import estimate_mi as mist_estimate  # installed but broken: say so, loudly
+    x2 = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+    y2 = np.asarray(y, dtype=np.float32).reshape(len(y), -1)
+    order = np.random.default_rng(seed).permutation(len(x2))
+    train, test = order[: len(order) // 2], order[len(order) // 2:]
     torch.manual_seed(seed)
-    value = mist_estimate(x.reshape(len(x), -1), y.reshape(len(y), -1), estimator="mine",
+    value = mist_estimate(data=(x2[train], y2[train]), test_data=(x2[test], y2[test]),
+                          estimator="mine", hidden_dims=[128, 128], batch_size=256,
                           max_iterations=5000, verbose=False)
     return float(value[0] if isinstance(value, tuple) else value)
+
+
+LIBRARIES = {"ksg": ("sklearn KSG", knn_estimate), "torch-mist": ("torch-mist MINE", torch_mist_estimate)}
+CSV_FIELDS = ["task", "truth", "estimator", "seed", "estimate", "seconds"]
+
+
+def table(rows: list[dict]) -> list[str]:
+    """Markdown lines: one row per (task, estimator), in the order first seen."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["task"], row["estimator"]), []).append(row)
+    lines = ["| task | truth | estimator | seeds | mean | std | error | seconds |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for (task, name), runs in groups.items():
+        values = [float(r["estimate"]) for r in runs]
+        truth = float(runs[0]["truth"])
+        mean = statistics.fmean(values)
+        std = statistics.stdev(values) if len(values) > 1 else float("nan")
+        lines.append(f"| {task} | {truth:.3f} | {name} | {len(values)} | {mean:.3f} | {std:.3f} | "
+                     f"{mean - truth:+.3f} | {statistics.fmean(float(r['seconds']) for r in runs):.1f} |")
+    return lines
 
 
 def main() -> int:
@@ -89,61 +123,80 @@ def main() -> int:
                         help="InfoNCE's batch size (B^2 critic calls per step)")
     parser.add_argument("--max-steps", type=int, default=5000)
     parser.add_argument("--tasks", default="", help="comma-separated substrings of task names")
+    parser.add_argument("--libraries", default="ksg,torch-mist",
+                        help="other estimators run beside the toolkit's, where installed "
+                             "(comma-separated, from: " + ", ".join(LIBRARIES) + "; empty: none)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", help="also write the Markdown table here")
-    parser.add_argument("--csv", help="write every run here")
+    parser.add_argument("--csv", help="append every run here as it finishes (kept if stopped)")
+    parser.add_argument("--summarize", nargs="+", metavar="CSV",
+                        help="print the table of earlier runs' CSV files and exit")
     args = parser.parse_args()
+    if args.summarize:
+        rows = []
+        for path in args.summarize:
+            with open(path, newline="") as handle:
+                rows.extend(csv.DictReader(handle))
+        print("\n".join(table(rows)))
+        return 0
+    libraries = [name for name in args.libraries.split(",") if name]
+    unknown = sorted(set(libraries) - set(LIBRARIES))
+    if unknown:
+        parser.error(f"--libraries: unknown {', '.join(unknown)}; choose from {', '.join(LIBRARIES)}")
     torch.set_num_threads(1)
     if args.quick:
         args.n, args.seeds, args.max_steps = 1000, 1, 100
     bounds = args.bounds.split(",")
     wanted = [t for t in args.tasks.split(",") if t]
     chosen = [t for t in tasks() if not wanted or any(w in t.name for w in wanted)]
-    rows, lines = [], []
-    header = ("| task | truth | estimator | mean | std | error | seconds |\n"
-              "|---|---:|---|---:|---:|---:|---:|")
-    print(header, flush=True)
-    lines.append(header)
-    for task in chosen:
-        estimators: dict[str, list[float]] = {}
-        seconds: dict[str, list[float]] = {}
-        truth = None
-        for seed in range(args.seeds):
-            x, y, truth = task.make(args.n, seed)
-            task_bounds = ["mine"] if task.reducer else bounds
-            for bound in task_bounds:
-                options = dict(bound=bound, seed=seed, max_steps=args.max_steps, progress=False,
-                               reducer_x=task.reducer)
-                if bound == "infonce":
-                    options["batch_size"] = args.infonce_batch
-                start = time.perf_counter()
-                result = estimate_mi(x, y, **options)
-                name = f"mitoolkit {bound}" + (f" ({task.reducer})" if task.reducer else "")
-                estimators.setdefault(name, []).append(result.mi)
-                seconds.setdefault(name, []).append(time.perf_counter() - start)
-            for name, estimate in (("sklearn KSG", knn_estimate), ("torch-mist MINE", torch_mist_estimate)):
-                start = time.perf_counter()
-                value = estimate(x, y, seed)
-                if value is not None:
-                    estimators.setdefault(name, []).append(value)
-                    seconds.setdefault(name, []).append(time.perf_counter() - start)
-        for name, values in estimators.items():
-            mean = statistics.fmean(values)
-            std = statistics.stdev(values) if len(values) > 1 else float("nan")
-            line = (f"| {task.name} | {truth:.3f} | {name} | {mean:.3f} | {std:.3f} | "
-                    f"{mean - truth:+.3f} | {statistics.fmean(seconds[name]):.1f} |")
-            print(line, flush=True)
-            lines.append(line)
-            rows.extend({"task": task.name, "truth": truth, "estimator": name, "seed": i,
-                         "estimate": v, "seconds": seconds[name][i]} for i, v in enumerate(values))
+    rows: list[dict] = []
+    sink = None
+    if args.csv:
+        new_file = not os.path.exists(args.csv) or os.path.getsize(args.csv) == 0
+        sink = open(args.csv, "a", newline="")
+        writer = csv.DictWriter(sink, fieldnames=CSV_FIELDS)
+        if new_file:
+            writer.writeheader()
+
+    def record(task: Task, truth: float, name: str, seed: int, value: float, seconds: float) -> None:
+        row = {"task": task.name, "truth": truth, "estimator": name, "seed": seed,
+               "estimate": value, "seconds": round(seconds, 2)}
+        rows.append(row)
+        print(f"  {task.name} seed {seed}: {name} = {value:.3f} ({seconds:.1f} s)", file=sys.stderr,
+              flush=True)
+        if sink is not None:
+            writer.writerow(row)
+            sink.flush()
+
+    try:
+        for task in chosen:
+            for seed in range(args.seeds):
+                x, y, truth = task.make(args.n, seed)
+                for bound in ["mine"] if task.reducer else bounds:
+                    options = dict(bound=bound, seed=seed, max_steps=args.max_steps, progress=False,
+                                   reducer_x=task.reducer)
+                    if bound == "infonce":
+                        options["batch_size"] = args.infonce_batch
+                    start = time.perf_counter()
+                    result = estimate_mi(x, y, **options)
+                    name = f"mitoolkit {bound}" + (f" ({task.reducer})" if task.reducer else "")
+                    record(task, truth, name, seed, result.mi, time.perf_counter() - start)
+                if task.reducer not in (None, "none"):
+                    continue  # the image tasks share their data: other libraries run once, on "none"
+                for library in libraries:
+                    name, estimate = LIBRARIES[library]
+                    start = time.perf_counter()
+                    value = estimate(x, y, seed)
+                    if value is not None:
+                        record(task, truth, name, seed, value, time.perf_counter() - start)
+    finally:
+        if sink is not None:
+            sink.close()
+    lines = table(rows)
+    print("\n".join(lines))
     if args.out:
         with open(args.out, "w") as handle:
             handle.write("\n".join(lines) + "\n")
-    if args.csv:
-        with open(args.csv, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
     return 0
 
 
