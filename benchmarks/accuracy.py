@@ -118,7 +118,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--bounds", default="mine,nwj,smile,infonce")
+    parser.add_argument("--bounds", default="mine,nwj,smile,infonce",
+                        help="the toolkit's bounds (empty: other libraries only)")
     parser.add_argument("--infonce-batch", type=int, default=128,
                         help="InfoNCE's batch size (B^2 critic calls per step)")
     parser.add_argument("--max-steps", type=int, default=5000)
@@ -126,9 +127,12 @@ def main() -> int:
     parser.add_argument("--libraries", default="ksg,torch-mist",
                         help="other estimators run beside the toolkit's, where installed "
                              "(comma-separated, from: " + ", ".join(LIBRARIES) + "; empty: none)")
+    parser.add_argument("--library-seeds", type=int, default=None,
+                        help="seeds for the other libraries (default: --seeds)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", help="also write the Markdown table here")
-    parser.add_argument("--csv", help="append every run here as it finishes (kept if stopped)")
+    parser.add_argument("--csv", help="append every run here as it finishes; an existing file is "
+                        "resumed: its runs are kept and not run again")
     parser.add_argument("--summarize", nargs="+", metavar="CSV",
                         help="print the table of earlier runs' CSV files and exit")
     args = parser.parse_args()
@@ -146,16 +150,20 @@ def main() -> int:
     torch.set_num_threads(1)
     if args.quick:
         args.n, args.seeds, args.max_steps = 1000, 1, 100
-    bounds = args.bounds.split(",")
+    bounds = [b for b in args.bounds.split(",") if b]
     wanted = [t for t in args.tasks.split(",") if t]
     chosen = [t for t in tasks() if not wanted or any(w in t.name for w in wanted)]
     rows: list[dict] = []
+    done: set[tuple[str, str, int]] = set()
     sink = None
     if args.csv:
-        new_file = not os.path.exists(args.csv) or os.path.getsize(args.csv) == 0
+        if os.path.exists(args.csv) and os.path.getsize(args.csv) > 0:
+            with open(args.csv, newline="") as handle:  # resume: keep and skip what is recorded
+                rows.extend(csv.DictReader(handle))
+            done = {(r["task"], r["estimator"], int(r["seed"])) for r in rows}
         sink = open(args.csv, "a", newline="")
         writer = csv.DictWriter(sink, fieldnames=CSV_FIELDS)
-        if new_file:
+        if not done:
             writer.writeheader()
 
     def record(task: Task, truth: float, name: str, seed: int, value: float, seconds: float) -> None:
@@ -168,25 +176,34 @@ def main() -> int:
             writer.writerow(row)
             sink.flush()
 
+    library_seeds = args.seeds if args.library_seeds is None else args.library_seeds
     try:
-        for task in chosen:
-            for seed in range(args.seeds):
-                x, y, truth = task.make(args.n, seed)
-                for bound in ["mine"] if task.reducer else bounds:
-                    options = dict(bound=bound, seed=seed, max_steps=args.max_steps, progress=False,
-                                   reducer_x=task.reducer)
-                    if bound == "infonce":
-                        options["batch_size"] = args.infonce_batch
+        # Seed-major: a run stopped early still covers every task with its first seeds.
+        for seed in range(max(args.seeds, library_seeds)):
+            for task in chosen:
+                x = y = truth = None
+                runs = []
+                if seed < args.seeds and bounds:
+                    for bound in ["mine"] if task.reducer else bounds:
+                        name = f"mitoolkit {bound}" + (f" ({task.reducer})" if task.reducer else "")
+                        runs.append((name, bound, None))
+                if seed < library_seeds and task.reducer in (None, "none"):
+                    # the image tasks share their data: other libraries run once, on "none"
+                    runs.extend((LIBRARIES[lib][0], None, LIBRARIES[lib][1]) for lib in libraries)
+                for name, bound, library in runs:
+                    if (task.name, name, seed) in done:
+                        continue
+                    if x is None:
+                        x, y, truth = task.make(args.n, seed)
                     start = time.perf_counter()
-                    result = estimate_mi(x, y, **options)
-                    name = f"mitoolkit {bound}" + (f" ({task.reducer})" if task.reducer else "")
-                    record(task, truth, name, seed, result.mi, time.perf_counter() - start)
-                if task.reducer not in (None, "none"):
-                    continue  # the image tasks share their data: other libraries run once, on "none"
-                for library in libraries:
-                    name, estimate = LIBRARIES[library]
-                    start = time.perf_counter()
-                    value = estimate(x, y, seed)
+                    if library is None:
+                        options = dict(bound=bound, seed=seed, max_steps=args.max_steps,
+                                       progress=False, reducer_x=task.reducer)
+                        if bound == "infonce":
+                            options["batch_size"] = args.infonce_batch
+                        value = estimate_mi(x, y, **options).mi
+                    else:
+                        value = library(x, y, seed)
                     if value is not None:
                         record(task, truth, name, seed, value, time.perf_counter() - start)
     finally:
