@@ -7,7 +7,9 @@ Y the one-hot label, for the methods none / pca / gap / cnn x 10 seeds, with est
 default options (early stopping on). First every (method, seed) one by one with estimate_mi, then
 each method's seeds in one estimate_mi_seeds pass (cnn, a trainable reducer, still runs seed by
 seed). Prints seconds, critic steps per second and peak memory (GPU: max_memory_allocated; CPU:
-peak resident set size above the process before the activations, against their raw size).
+the peak resident set size during each mode's comparison, above the process after its imports, so
+that it counts the activations themselves; against their raw size; the peak is reset before each
+mode, so that making the stand-in activations does not count).
 
 Goal: the full comparison in under 60 s on one H200. ``--small`` runs a tiny version on the CPU
 (8x8 images, 3 seeds, 60 steps) so that the script is tested without a GPU.
@@ -18,6 +20,8 @@ Usage: python benchmarks/gpu.py [--small] [--device auto] [--seeds 10] [--max-st
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import resource
 import time
 from typing import Any
@@ -45,8 +49,35 @@ def stand_in_images(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, tor
 
 
 def rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Resident set size of this process now, in MiB (Linux)."""
+    return _status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size since the last :func:`reset_peak_rss` (or the start), in MiB."""
+    return _status_mb("VmHWM")
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak: Linux resets VmHWM to the current RSS when 5 is written to clear_refs."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+def release_freed_memory() -> None:
+    """Hand memory that was freed but kept by the C allocator back to the system (glibc)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # no /proc: peak so far
 
 
 def reducer_for(method: str, dim: int) -> Any:
@@ -113,6 +144,7 @@ def main() -> None:
     t = collect_activations(model, (images, labels), "conv2", device=device)["conv2"]
     y = torch.nn.functional.one_hot(labels, 10).float()
     del images, model
+    gc.collect()
     raw_mb = t.numel() * t.element_size() / 2**20
     shape = "x".join(str(s) for s in t.shape[1:])
     print(f"device={device} N={len(t)} layer=conv2 ({shape}) methods={','.join(methods)} "
@@ -121,12 +153,18 @@ def main() -> None:
     modes = ["one-by-one", "vectorized"] if args.mode == "both" else [args.mode]
     totals = {}
     for mode in modes:
+        gc.collect()
+        release_freed_memory()
+        before_mb = rss_mb()
+        if device.type == "cpu":
+            reset_peak_rss()
         totals[mode] = run_mode(mode, t, y, methods, seeds, options, device)
         if device.type == "cuda":
             peak = f"peak_gpu_mb={torch.cuda.max_memory_allocated(device) / 2**20:.0f}"
         else:
-            extra = rss_mb() - baseline_mb
-            peak = f"peak_rss_above_start_mb={extra:.0f} ratio_to_activations={extra / raw_mb:.2f}"
+            extra = peak_rss_mb() - baseline_mb
+            peak = (f"peak_rss_above_start_mb={extra:.0f} ratio_to_activations={extra / raw_mb:.2f} "
+                    f"(held before the comparison: {before_mb - baseline_mb:.0f} MB)")
         print(f"{mode} total seconds={totals[mode]['seconds']:.2f} "
               f"steps_per_s={totals[mode]['steps'] / totals[mode]['seconds']:.0f} {peak}", flush=True)
     if len(totals) == 2:

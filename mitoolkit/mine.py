@@ -38,9 +38,12 @@ from mitoolkit.results import History, MIResult
 
 __all__ = ["estimate_mi", "estimate_mi_seeds", "split_indices", "PREPROCESSING"]
 
-_EVAL_CHUNK = 4096  # samples per forward pass in evaluation, shared by the K critics
+_EVAL_CHUNK = 4096  # samples per forward pass in evaluation, shared by the K critics ...
+_EVAL_CHUNK_BYTES = 16 * 2**20  # ... and at most this many bytes of their gathered features
 _N_STDERR_CHUNKS = 10
 _NEAR_CEILING = 0.9  # InfoNCE is flagged near_log_batch above this share of ln(batch_size)
+_CHECK_CHUNK_ELEMENTS = 2**20  # values checked for NaN and inf at a time
+_MIN_AUTO_MEMORY_MB = 64  # memory_mb="auto" on the CPU: at least this, else the size of x and y
 _VALID_MARGINALS = 8  # derangements per validation sample: ranks checkpoints at ~15 % of the step time
 
 
@@ -159,6 +162,7 @@ def estimate_mi_seeds(
     y: np.ndarray | torch.Tensor,
     *,
     seeds: Sequence[int],
+    memory_mb: float | str | None = "auto",
     **options: Any,
 ) -> list[MIResult]:
     """Estimate I(X; Y) in nats once per seed, training the K = len(seeds) critics together.
@@ -175,6 +179,12 @@ def estimate_mi_seeds(
         As in :func:`estimate_mi`.
     seeds : sequence of int
         One estimate per seed, in this order.
+    memory_mb : float, "auto" or None
+        Most memory (MiB) the critics trained together may take, estimated from the input widths
+        (parameters, gradients, optimizer state, best snapshot and a minibatch per critic); the
+        seeds are trained in consecutive groups that fit. ``"auto"``: on the CPU, the size of x
+        and y as float32 (at least 64 MiB), so that wide layers cost at most about as much again
+        as the data; on a GPU, no limit. None: all seeds in one pass.
     **options
         Any other option of :func:`estimate_mi` (not ``seed``).
 
@@ -215,7 +225,35 @@ def estimate_mi_seeds(
         for name in ("reducer_x", "reducer_y")
     ):
         return _one_by_one(x, y, seed_list, settings)
-    return _estimate(x, y, seed_list, settings)
+    size = _group_size(x, y, settings, memory_mb)
+    results: list[MIResult] = []
+    for start in range(0, len(seed_list), size):
+        # Callbacks follow the first seed, which is in the first group.
+        group_settings = settings if start == 0 else dict(settings, callbacks=())
+        results.extend(_estimate(x, y, seed_list[start:start + size], group_settings))
+        if results[-1].flags["stopped"]:
+            break
+    return results
+
+
+def _group_size(x: Any, y: Any, settings: dict[str, Any], memory_mb: float | str | None) -> int:
+    """How many critics to train together within ``memory_mb`` (see estimate_mi_seeds)."""
+    if memory_mb is None:
+        return 2**62
+    widths = [int(np.prod(np.shape(data)[1:])) for data in (x, y)]
+    if memory_mb == "auto":
+        if resolve_device(settings["device"]).type != "cpu":
+            return 2**62
+        memory_mb = max(_MIN_AUTO_MEMORY_MB, len(x) * sum(widths) * 4 / 2**20)
+    if isinstance(memory_mb, bool) or not isinstance(memory_mb, (int, float)) or not memory_mb > 0:
+        raise ValueError(f"memory_mb must be a positive number of MiB, 'auto' or None; received "
+                         f"{memory_mb!r}.")
+    width = settings["width"]
+    first_layer = sum(widths) * width + settings["depth"] * width * (width + 1)
+    # parameters, gradients, two Adam moments and the best snapshot; gathered, standardized and
+    # saved minibatch features
+    per_critic = 4 * (5 * first_layer + 3 * settings["batch_size"] * sum(widths))
+    return max(1, int(memory_mb * 2**20 // per_critic))
 
 
 def _one_by_one(x: Any, y: Any, seeds: list[int], settings: dict[str, Any]) -> list[MIResult]:
@@ -331,8 +369,10 @@ def _as_samples(name: str, data: Any) -> torch.Tensor:
         raise ValueError(f"{name} must have a sample dimension (N, ...); received a scalar.")
     if tensor.ndim == 1:
         tensor = tensor[:, None]
-    bad = ~torch.isfinite(tensor)
-    if bad.any():
+    flat = tensor.reshape(tensor.shape[0], -1)
+    step = max(1, _CHECK_CHUNK_ELEMENTS // max(flat.shape[1], 1))  # isfinite's temporaries stay small
+    if not all(bool(torch.isfinite(flat[i:i + step]).all()) for i in range(0, flat.shape[0], step)):
+        bad = ~torch.isfinite(tensor)
         rows = bad.reshape(tensor.shape[0], -1).any(dim=1).nonzero().flatten()
         n_nan = int(torch.isnan(tensor).sum())
         n_inf = int(bad.sum()) - n_nan
@@ -452,7 +492,9 @@ class _MineRun:
     @torch.no_grad()
     def _heldout_scores(self, idx: torch.Tensor, n_marginals: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Joint scores (K, n) and marginal scores (K, n, R) for shifts 1..R of the held-out order."""
-        chunk = max(1, _EVAL_CHUNK // idx.shape[0])  # K critics: the same memory as one
+        n_critics = idx.shape[0]  # K critics: the same memory as one
+        widest = max(self.x.sample_numel, self.y.sample_numel) * 4
+        chunk = max(1, min(_EVAL_CHUNK // n_critics, _EVAL_CHUNK_BYTES // (n_critics * widest)))
         chunks = [self._embeddings(part) for part in idx.split(chunk, dim=1)]
         hx = torch.cat([c[0] for c in chunks], dim=1)
         hy = torch.cat([c[1] for c in chunks], dim=1)

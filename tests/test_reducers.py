@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from mitoolkit import estimate_mi, synthetic
+from mitoolkit import estimate_mi, reducers, synthetic
 from mitoolkit.reducers import (
     PCA,
     REDUCER_NAMES,
@@ -80,6 +80,23 @@ def low_rank_data(n: int = 600, dim: int = 80, rank: int = 6, seed: int = 0) -> 
     scales = np.linspace(6.0, 2.0, rank)
     data = (rng.standard_normal((n, rank)) * scales) @ basis.T + 0.05 * rng.standard_normal((n, dim))
     return (data + 3.0).astype(np.float32)
+
+
+def test_pca_auto_backend_uses_torch_for_large_training_sets(monkeypatch) -> None:
+    x = np.random.default_rng(0).standard_normal((300, 20)).astype(np.float32)
+    assert PCA(3).fit(x).describe()["backend_used"] == "sklearn"
+    monkeypatch.setattr(reducers, "_SKLEARN_MAX_ELEMENTS", 1000)  # this input counts as large now
+    pca = PCA(3).fit(x)
+    assert pca.describe()["backend_used"] == "torch"
+    np.testing.assert_allclose(pca.transform(x).mean(dim=0).numpy(), 0, atol=1e-5)
+
+
+def test_pca_transforms_large_inputs_in_blocks_of_rows(monkeypatch) -> None:
+    x = np.random.default_rng(1).standard_normal((301, 20)).astype(np.float32)
+    pca = PCA(4).fit(x)
+    whole = pca.transform(x)
+    monkeypatch.setattr(reducers, "_FLOAT64_MAX_ELEMENTS", 100)  # blocks of 5 rows
+    np.testing.assert_allclose(pca.transform(x).numpy(), whole.numpy(), rtol=0, atol=1e-5)
 
 
 def test_pca_torch_backend_agrees_with_sklearn() -> None:

@@ -106,6 +106,33 @@ def test_per_split_reducer_and_quantile_features():
         assert result.mi == pytest.approx(single.mi, abs=1e-3)
 
 
+def test_seeds_in_memory_sized_groups_give_the_same_results(gaussian, monkeypatch):
+    """memory_mb caps how many critics train together; each seed's result does not change."""
+    x, y, _ = gaussian
+    options = dict(max_steps=60, eval_every=20, width=16, eval_marginals=8, progress=False)
+    sizes = []
+    original = mine._estimate
+    monkeypatch.setattr(mine, "_estimate", lambda x, y, seeds, settings: (
+        sizes.append(len(seeds)) or original(x, y, seeds, settings)))
+    together = estimate_mi_seeds(x, y, seeds=[0, 1, 2], memory_mb=None, **options)
+    # one critic of width 16 on 2 features, batch 256: 17,664 bytes; 0.04 MiB holds two
+    grouped = estimate_mi_seeds(x, y, seeds=[0, 1, 2], memory_mb=0.04, **options)
+    assert sizes == [3, 2, 1]
+    assert [r.options["seed"] for r in grouped] == [0, 1, 2]
+    for a, b in zip(together, grouped):
+        assert a.mi == pytest.approx(b.mi, abs=1e-4)
+
+
+def test_auto_memory_groups_wide_data_on_the_cpu():
+    from mitoolkit.mine import _group_size
+
+    settings = dict(width=128, depth=2, batch_size=256, device="cpu")
+    wide = np.zeros((5000, 32, 16, 16), np.float32)  # 156 MiB: critics of ~46 MiB each
+    assert _group_size(wide, np.zeros((5000, 10)), settings, "auto") == 3
+    assert _group_size(wide[:, :1, :2, :2], np.zeros((5000, 10)), settings, "auto") > 10
+    assert _group_size(wide, np.zeros((5000, 10)), settings, None) > 10
+
+
 def test_stop_event_stops_every_seed(gaussian):
     x, y, _ = gaussian
     event = threading.Event()
@@ -123,6 +150,8 @@ def test_stop_event_stops_every_seed(gaussian):
         (dict(seeds=[0], seed=1), "not seed"),
         (dict(seeds=[0], steps=10), "unknown option"),
         (dict(seeds=[0, 1], batch_size=1), "batch_size"),
+        (dict(seeds=[0, 1], memory_mb=0), "memory_mb must be a positive number of MiB"),
+        (dict(seeds=[0, 1], memory_mb="lots"), "memory_mb must be"),
     ],
 )
 def test_bad_options_are_reported(gaussian, kwargs, match):
