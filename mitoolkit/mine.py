@@ -196,9 +196,9 @@ def estimate_mi_seeds(
     Notes
     -----
     Trainable reducers (``"cnn"``), and fixed reducers whose reduced width differs between splits,
-    run the seeds one by one. Callbacks and the progress bar follow critic 0 (on_start, on_step,
-    on_eval while it trains, on_end with its result); a stop they ask for, or ``stop_event``,
-    stops all critics.
+    run the seeds one by one. Callbacks follow the first seed (on_start, on_step, on_eval while
+    it trains, on_end with its result); a stop they ask for, or ``stop_event``, stops all critics
+    and the groups not yet started. Each group of seeds shows its own progress bar.
 
     Raises
     ------
