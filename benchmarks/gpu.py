@@ -164,7 +164,7 @@ def main() -> None:
         else:
             extra = peak_rss_mb() - baseline_mb
             peak = (f"peak_rss_above_start_mb={extra:.0f} ratio_to_activations={extra / raw_mb:.2f} "
-                    f"(held before the comparison: {before_mb - baseline_mb:.0f} MB)")
+                    f"held_before_mb={before_mb - baseline_mb:.0f}")
         print(f"{mode} total seconds={totals[mode]['seconds']:.2f} "
               f"steps_per_s={totals[mode]['steps'] / totals[mode]['seconds']:.0f} {peak}", flush=True)
     if len(totals) == 2:

@@ -18,6 +18,7 @@ def test_small_comparison_runs_on_the_cpu_and_prints_its_figures():
             assert any(re.match(rf"{mode} method={method} seconds=[\d.]+ steps_per_s=\d+ "
                                 rf"mean_mi=-?[\d.]+$", line) for line in lines), (mode, method)
         assert any(re.match(rf"{mode} total seconds=[\d.]+ steps_per_s=\d+ "
-                            r"peak_rss_above_start_mb=\d+ ratio_to_activations=[\d.]+$", line)
+                            r"peak_rss_above_start_mb=\d+ ratio_to_activations=[\d.]+ "
+                            r"held_before_mb=-?\d+$", line)
                    for line in lines), mode
     assert re.match(r"speedup=[\d.]+$", lines[-1]), lines[-1]
