@@ -100,7 +100,12 @@ CSV_FIELDS = ["task", "truth", "estimator", "seed", "estimate", "seconds"]
 def table(rows: list[dict]) -> list[str]:
     """Markdown lines: one row per (task, estimator), in the order first seen."""
     groups: dict[tuple[str, str], list[dict]] = {}
+    seen: set[tuple[str, str, int]] = set()
     for row in rows:
+        key = (row["task"], row["estimator"], int(row["seed"]))
+        if key in seen:  # the same run in two merged files counts once
+            continue
+        seen.add(key)
         groups.setdefault((row["task"], row["estimator"]), []).append(row)
     lines = ["| task | truth | estimator | seeds | mean | std | error | seconds |",
              "|---|---:|---|---:|---:|---:|---:|---:|"]
@@ -127,6 +132,8 @@ def main() -> int:
     parser.add_argument("--libraries", default="ksg,torch-mist",
                         help="other estimators run beside the toolkit's, where installed "
                              "(comma-separated, from: " + ", ".join(LIBRARIES) + "; empty: none)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="start at this seed (to run later seeds in another process)")
     parser.add_argument("--library-seeds", type=int, default=None,
                         help="seeds for the other libraries (default: --seeds)")
     parser.add_argument("--quick", action="store_true")
@@ -179,7 +186,7 @@ def main() -> int:
     library_seeds = args.seeds if args.library_seeds is None else args.library_seeds
     try:
         # Seed-major: a run stopped early still covers every task with its first seeds.
-        for seed in range(max(args.seeds, library_seeds)):
+        for seed in range(args.first_seed, max(args.seeds, library_seeds)):
             for task in chosen:
                 x = y = truth = None
                 runs = []
