@@ -98,7 +98,7 @@ CSV_FIELDS = ["task", "truth", "estimator", "seed", "estimate", "seconds"]
 
 
 def table(rows: list[dict]) -> list[str]:
-    """Markdown lines: one row per (task, estimator), in the order first seen."""
+    """Markdown lines: one row per (task, estimator), tasks in the order first seen."""
     groups: dict[tuple[str, str], list[dict]] = {}
     seen: set[tuple[str, str, int]] = set()
     for row in rows:
@@ -109,7 +109,13 @@ def table(rows: list[dict]) -> list[str]:
         groups.setdefault((row["task"], row["estimator"]), []).append(row)
     lines = ["| task | truth | estimator | seeds | mean | std | error | seconds |",
              "|---|---:|---|---:|---:|---:|---:|---:|"]
-    for (task, name), runs in groups.items():
+    task_order = {task: i for i, task in enumerate(dict.fromkeys(task for task, _ in groups))}
+    order = {key: i for i, key in enumerate(groups)}
+    # Per task: the toolkit's bounds first, then the other libraries (files may come in any order).
+    ranked = sorted(groups, key=lambda key: (task_order[key[0]], not key[1].startswith("mitoolkit"),
+                                             order[key]))
+    for task, name in ranked:
+        runs = groups[(task, name)]
         values = [float(r["estimate"]) for r in runs]
         truth = float(runs[0]["truth"])
         mean = statistics.fmean(values)
