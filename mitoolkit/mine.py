@@ -71,12 +71,12 @@ def estimate_mi(
     preprocess: str = "auto",
     device: str | torch.device = "auto",
     cpu_threads: int | None = 1,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     callbacks: Sequence[Callback] = (),
     stop_event: threading.Event | None = None,
     progress: bool = True,
     label: str = "",
-) -> MIResult:
+) -> MIResult | list[MIResult]:
     """Estimate the mutual information I(X; Y) in nats with MINE.
 
     Parameters
@@ -130,9 +130,11 @@ def estimate_mi(
     cpu_threads : int or None
         Torch intra-op threads while running on the CPU, restored afterwards (None: leave the
         setting alone). One is fastest for these small critics on a few shared cores.
-    seed : int
+    seed : int or sequence of int
         Seeds the split, the critic's initialisation and the batches. Same seed, same machine:
-        same result. No global random state is used or changed.
+        same result. No global random state is used or changed. Several seeds (a list, tuple,
+        range or integer array) give one estimate per seed, their critics trained together in one
+        vectorized pass by :func:`estimate_mi_seeds` (with its default ``memory_mb``).
     callbacks : sequence of Callback
         Notified on start, each step, each evaluation and at the end; may ask to stop.
     stop_event : threading.Event, optional
@@ -144,7 +146,7 @@ def estimate_mi(
 
     Returns
     -------
-    MIResult
+    MIResult, or list of MIResult for several seeds
         ``mi`` (nats) evaluated on held-out test samples, its standard error and 95 % interval,
         the training history, flags and the options used.
 
@@ -154,6 +156,8 @@ def estimate_mi(
         On inconsistent or invalid input, naming the parameter, what was received and what to do.
     """
     settings = {name: value for name, value in locals().items() if name not in ("x", "y", "seed")}
+    if isinstance(seed, (list, tuple, range, np.ndarray)):
+        return estimate_mi_seeds(x, y, seeds=list(seed), **settings)
     return _estimate(x, y, [seed], settings)[0]
 
 

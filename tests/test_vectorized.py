@@ -142,6 +142,18 @@ def test_stop_event_stops_every_seed(gaussian):
     assert all(r.flags["stopped"] and len(r.history) == 1 for r in results)
 
 
+def test_estimate_mi_with_several_seeds_trains_them_together(gaussian):
+    x, y, _ = gaussian
+    options = dict(max_steps=60, eval_every=20, width=16, eval_marginals=8, progress=False)
+    together = estimate_mi_seeds(x, y, seeds=[3, 4], **options)
+    for seeds in ([3, 4], (3, 4), range(3, 5), np.array([3, 4])):
+        results = estimate_mi(x, y, seed=seeds, **options)
+        assert [r.mi for r in results] == [r.mi for r in together], type(seeds)
+        assert [r.history for r in results] == [r.history for r in together]
+    with pytest.raises(ValueError, match=r"seeds must be a non-empty sequence of integers; received \[\]"):
+        estimate_mi(x, y, seed=[], **options)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
