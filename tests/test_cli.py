@@ -68,6 +68,27 @@ def test_compare_with_the_reference_model_trains_it_once(tmp_path, empty_cache, 
     assert not (out / "report.html").exists()
 
 
+def test_compare_vectorize_seeds_trains_each_methods_seeds_in_one_pass(tmp_path, model_file,
+                                                                       monkeypatch, capsys):
+    from mitoolkit import experiments
+
+    passes = []
+    real = experiments.estimate_mi_seeds
+
+    def counting(x, y, *, seeds, **options):
+        passes.append(list(seeds))
+        return real(x, y, seeds=seeds, **options)
+
+    monkeypatch.setattr(experiments, "estimate_mi_seeds", counting)
+    out = tmp_path / "vec"
+    assert main(["compare", "--model", str(model_file), "--layer", "conv2", "--methods", "gap,pca",
+                 "--out", str(out), "--no-report", "--vectorize-seeds", *SMALL]) == 0
+    assert passes == [[0, 1], [0, 1]]
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert sorted((r["method"], r["seed"]) for r in rows) == [("gap", 0), ("gap", 1),
+                                                              ("pca", 0), ("pca", 1)]
+
+
 def test_bad_method_layer_and_dataset_list_the_valid_ones(tmp_path, model_file, capsys):
     base = ["compare", "--model", str(model_file), "--out", str(tmp_path / "o")]
     assert main([*base, "--layer", "conv2", "--methods", "pca,tsne"]) == 2
