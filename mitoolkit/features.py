@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mitoolkit.chunks import chunk_length
 from mitoolkit.quantiles import apply_quantiles, fit_quantiles, n_quantiles
 from mitoolkit.reducers import Reducer, make_reducer
 
@@ -48,7 +49,7 @@ class QuantileMap:
         Works through the columns in chunks: besides the result, temporaries stay small.
         """
         out = batch.clone()
-        step = max(1, _CHUNK_ELEMENTS // max(batch.shape[0] * batch.shape[1], 1))
+        step = chunk_length(_CHUNK_ELEMENTS, batch.shape[0] * batch.shape[1])
         for start in range(0, len(self.columns), step):
             columns = self.columns[start:start + step]
             raw = batch[..., columns]
@@ -223,10 +224,6 @@ def _critic(quantile_map: QuantileMap | None, k: int) -> QuantileMap | None:
                        None if selected is None else selected[k:k + 1])
 
 
-def _row_chunks(n: int, dim: int) -> range:
-    return range(0, n, max(1, _CHUNK_ELEMENTS // max(dim, 1)))
-
-
 def _standardization(
     flat: torch.Tensor, rows: torch.Tensor, quantile_map: QuantileMap | None, preprocess: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,8 +248,9 @@ def _standardization(
         mean64 = flat.new_zeros(dim, dtype=torch.float64)
         squares = flat.new_zeros(dim, dtype=torch.float64)
         peak = flat.new_zeros(dim)
-        for start in _row_chunks(len(rows), dim):
-            values = block(rows[start:start + _row_chunks(len(rows), dim).step])
+        step = chunk_length(_CHUNK_ELEMENTS, dim)
+        for start in range(0, len(rows), step):
+            values = block(rows[start:start + step])
             part = values.to(torch.float64)
             n_part = part.shape[0]
             part_mean = part.mean(dim=0)
@@ -275,7 +273,7 @@ def _heavy_tailed(flat: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     least :data:`_MIN_DISTINCT` distinct values there; computed in chunks of features."""
     dim = flat.shape[1]
     mask = torch.zeros(dim, dtype=torch.bool, device=flat.device)
-    step = max(1, _CHUNK_ELEMENTS // max(len(rows), 1))
+    step = chunk_length(_CHUNK_ELEMENTS, len(rows))
     for start in range(0, dim, step):
         columns = torch.arange(start, min(start + step, dim), device=flat.device)
         train = flat[rows[:, None], columns[None, :]]
@@ -300,7 +298,7 @@ def _fit_quantile_map(split_of, n_critics: int, dim: int, *, heavy_tailed_only: 
     flat, rows = split_of(0)
     count = n_quantiles(len(rows), dim)  # depends on the split's size and D only, not on K
     table = flat.new_empty((n_critics, len(columns), count), dtype=torch.float64)
-    step = max(1, _CHUNK_ELEMENTS // max(len(rows), 1))
+    step = chunk_length(_CHUNK_ELEMENTS, len(rows))
     for k in range(n_critics):
         flat, rows = split_of(k)
         for start in range(0, len(columns), step):

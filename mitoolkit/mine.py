@@ -30,6 +30,7 @@ from torch import nn
 
 from mitoolkit.bounds import BOUNDS, bound_value, infonce_value, training_loss
 from mitoolkit.callbacks import Callback, ProgressBar, RunInfo, overrides
+from mitoolkit.chunks import chunk_length
 from mitoolkit.critics import MLPCritic
 from mitoolkit.devices import cpu_threads as use_cpu_threads, resolve_device
 from mitoolkit.features import PREPROCESSING, FeatureSide, prepare_side, prepare_sides
@@ -374,7 +375,7 @@ def _as_samples(name: str, data: Any) -> torch.Tensor:
     if tensor.ndim == 1:
         tensor = tensor[:, None]
     flat = tensor.reshape(tensor.shape[0], -1)
-    step = max(1, _CHECK_CHUNK_ELEMENTS // max(flat.shape[1], 1))  # isfinite's temporaries stay small
+    step = chunk_length(_CHECK_CHUNK_ELEMENTS, flat.shape[1])  # isfinite's temporaries stay small
     if not all(bool(torch.isfinite(flat[i:i + step]).all()) for i in range(0, flat.shape[0], step)):
         bad = ~torch.isfinite(tensor)
         rows = bad.reshape(tensor.shape[0], -1).any(dim=1).nonzero().flatten()

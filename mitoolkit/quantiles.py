@@ -10,7 +10,11 @@ chunks, so that its temporaries stay small whatever the number of features.
 """
 from __future__ import annotations
 
+import math
+
 import torch
+
+from mitoolkit.chunks import chunk_length
 
 __all__ = ["n_quantiles", "fit_quantiles", "apply_quantiles"]
 
@@ -19,6 +23,11 @@ MIN_QUANTILES = 64
 TABLE_ENTRIES = 2**20  # quantiles kept per fit at most (8 MiB in float64), whatever the width
 BOUNDS_THRESHOLD = 1e-7  # as scikit-learn: values this close to the extremes map to 0 or 1
 _CHUNK_ELEMENTS = 2**18  # elements per temporary when fitting or mapping (2 MiB at 8 bytes)
+# The normal scores that outputs are clipped to, as scikit-learn's: computed once at import, not
+# per minibatch (on a GPU, reading them back each time would stall the training loop).
+_CLIP_P = BOUNDS_THRESHOLD - 2.0**-52
+_CLIP_LOW, _CLIP_HIGH = torch.special.ndtri(
+    torch.tensor([_CLIP_P, 1 - _CLIP_P], dtype=torch.float64)).tolist()
 
 
 def n_quantiles(n_train: int, n_features: int) -> int:
@@ -50,7 +59,7 @@ def fit_quantiles(train: torch.Tensor, count: int) -> torch.Tensor:
     above = (below + 1).clamp(max=n - 1)
     weight = (position - below)[:, None]
     table = train.new_empty((m, count), dtype=torch.float64)
-    step = max(1, _CHUNK_ELEMENTS // max(n, 1))
+    step = chunk_length(_CHUNK_ELEMENTS, n)
     for start in range(0, m, step):
         ordered = train[:, start:start + step].to(torch.float64).sort(dim=0).values
         low, high = ordered[below], ordered[above]
@@ -75,7 +84,7 @@ def apply_quantiles(values: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """
     out = torch.empty_like(values)
     n = values.shape[-2]
-    step = max(1, _CHUNK_ELEMENTS // max(n * max(values[..., :1, :1].numel(), 1), 1))
+    step = chunk_length(_CHUNK_ELEMENTS, n * math.prod(values.shape[:-2]))
     for start in range(0, values.shape[-1], step):
         part = values[..., start:start + step].transpose(-1, -2).to(torch.float64).contiguous()
         mapped = _to_normal(part, table[..., start:start + step, :].contiguous())
@@ -94,6 +103,4 @@ def _to_normal(v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     p = torch.where(at_most > below, (below + at_most - 1) / (2.0 * last), between)
     p = torch.where(v + BOUNDS_THRESHOLD > q[..., -1:], 1.0, p)
     p = torch.where(v - BOUNDS_THRESHOLD < q[..., :1], 0.0, p)
-    bound = torch.tensor(BOUNDS_THRESHOLD - 2.0**-52, dtype=torch.float64, device=v.device)
-    low_clip, high_clip = float(torch.special.ndtri(bound)), float(torch.special.ndtri(1 - bound))
-    return torch.special.ndtri(p).clamp(low_clip, high_clip)
+    return torch.special.ndtri(p).clamp(_CLIP_LOW, _CLIP_HIGH)

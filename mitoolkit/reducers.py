@@ -26,8 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from mitoolkit.chunks import chunk_length
+
 _EMPTY_VARIANCE_RTOL = 1e-10  # a component with less variance than this share of the top one is empty
 _FLOAT64_MAX_ELEMENTS = 2**22  # larger inputs are fit in float32 (a float64 copy would exceed 32 MiB)
+_TRANSFORM_BLOCK_ELEMENTS = 2**22  # larger inputs are centred and projected a block of rows at a time
 _SKLEARN_MAX_ELEMENTS = 2**24  # backend="auto" fits larger inputs with torch (scikit-learn's copies
 # took 2.2x the training samples at 2,500 x 8,192; torch takes one centred copy)
 
@@ -291,10 +294,10 @@ class PCA(Reducer):
         flat = x.reshape(x.shape[0], -1)
         comps = self.components_.to(flat.device, flat.dtype)
         mean = self.mean_.to(flat.device, flat.dtype)
-        if flat.numel() <= _FLOAT64_MAX_ELEMENTS:
+        if flat.numel() <= _TRANSFORM_BLOCK_ELEMENTS:
             return (flat - mean) @ comps.T
         # Large input: centre and project a block of rows at a time, never a centred copy of all.
-        rows = max(1, _FLOAT64_MAX_ELEMENTS // flat.shape[1])
+        rows = chunk_length(_TRANSFORM_BLOCK_ELEMENTS, flat.shape[1])
         return torch.cat([(flat[i:i + rows] - mean) @ comps.T for i in range(0, len(flat), rows)])
 
     def describe(self) -> dict[str, Any]:

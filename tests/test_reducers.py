@@ -95,7 +95,7 @@ def test_pca_transforms_large_inputs_in_blocks_of_rows(monkeypatch) -> None:
     x = np.random.default_rng(1).standard_normal((301, 20)).astype(np.float32)
     pca = PCA(4).fit(x)
     whole = pca.transform(x)
-    monkeypatch.setattr(reducers, "_FLOAT64_MAX_ELEMENTS", 100)  # blocks of 5 rows
+    monkeypatch.setattr(reducers, "_TRANSFORM_BLOCK_ELEMENTS", 100)  # blocks of 5 rows
     np.testing.assert_allclose(pca.transform(x).numpy(), whole.numpy(), rtol=0, atol=1e-5)
 
 
